@@ -1,0 +1,1 @@
+"""PyTorch backbones behind the same feature-function interface (registered here, torch imported only on build)."""

@@ -175,5 +175,227 @@ def info(cache, as_json):
         click.echo(f"error: {message}", err=True)
 
 
+# -- shared options for commands that read a cache ----------------------------------------------------------
+def cache_selection(command):
+    """--cache, --backbone, --weights, --dtype, --key: which cache a command reads (as featurebank.load)."""
+    options = [
+        click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder."),
+        click.option("--backbone", default="resnet50", show_default=True, type=click.Choice(backbone_names()),
+                     help="Backbone whose cache to use."),
+        click.option("--weights", default=None, help="Pick the cache made with these weights, if several."),
+        click.option("--dtype", default=None, type=click.Choice(["float32", "float16"]),
+                     help="Pick the cache of this dtype, if several."),
+        click.option("--key", default=None, help="Pick a cache by (a prefix of) its key."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def training_options(command):
+    """Options shared by every Keras training command (the study's defaults)."""
+    options = [
+        click.option("--optimizer", default="rmsprop", show_default=True, type=click.Choice(["sgd", "adam", "rmsprop"]),
+                     help="Keras optimizer, with Keras' default settings unless --lr is given."),
+        click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate [Keras default]."),
+        click.option("--epochs", default=40, show_default=True, type=click.IntRange(1), help="Most epochs."),
+        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Batch size."),
+        click.option("--patience", default=5, show_default=True, type=click.IntRange(0),
+                     help="Early stopping: epochs without val_loss improvement."),
+        click.option("--start-from-epoch", default=10, show_default=True, type=click.IntRange(0),
+                     help="Early stopping: epochs before it may stop."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first run."),
+        click.option("--repeats", default=1, show_default=True, type=click.IntRange(1),
+                     help="Train N times with seeds seed..seed+N-1 and report mean ± std."),
+        click.option("--balanced", type=click.IntRange(1), default=None,
+                     help="Use N images per class (the study: 127)."),
+        click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+                     help="Where run folders are written."),
+        click.option("--name", default=None, help="Run folder name suffix [derived from the options]."),
+        click.option("--verbose", is_flag=True, help="Show Keras' per-epoch progress."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def print_training_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        echo_json(result)
+        return
+    if "runs" in result:
+        for run in result["runs"]:
+            click.echo(f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4f}, loss {run['test_loss']:.4f}")
+        click.echo(f"test accuracy {result['test_accuracy_mean']:.4f} ± {result['test_accuracy_std']:.4f} "
+                   f"over {len(result['runs'])} runs → {result['run_dir']}")
+    else:
+        click.echo(f"test accuracy {result['test_accuracy']:.4f}, loss {result['test_loss']:.4f}, "
+                   f"macro F1 {result['macro_f1']:.4f} → {result['run_dir']}")
+
+
+# -- train-head --------------------------------------------------------------------------------------------
+@main.command("train-head", short_help="Train a dense softmax head on cached features.")
+@cache_selection
+@training_options
+@click.option("--pooling", default="flatten", show_default=True, type=click.Choice(["flatten", "avg", "max"]),
+              help="flatten = the study's Flatten → Dense; avg/max pool each feature map first.")
+@click.option("--stream/--in-memory", default=None,
+              help="Stream features from HDF5 instead of loading them [auto: stream if they exceed half the free RAM].")
+def train_head(cache, backbone, weights, dtype, key, optimizer, learning_rate, epochs, batch_size, patience,
+               start_from_epoch, seed, repeats, balanced, runs_dir, name, verbose, as_json, pooling, stream):
+    """Train the study's head on the cache's train split, stop early on val, report on test.
+
+    Each run writes a folder with model.keras, history.json, metrics.json, curves.png and confusion.png.
+    """
+    from classifiers.jobs import train_head as run
+
+    result = run(cache, backbone, optimizer=optimizer, learning_rate=learning_rate, pooling=pooling, epochs=epochs,
+                 batch_size=batch_size, patience=patience, start_from_epoch=start_from_epoch, seed=seed,
+                 repeats=repeats, balanced=balanced, weights=weights, dtype=dtype, key=key, runs_dir=runs_dir,
+                 name=name, stream=stream, verbose=2 if verbose else 0)
+    print_training_result(result, as_json)
+
+
+# -- predict -----------------------------------------------------------------------------------------------
+@main.command(short_help="Classify photos with a trained run.")
+@click.option("--model", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Run folder written by train-head.")
+@click.option("--weights", default=None, help="Backbone weights file, if it moved since extraction (hash-checked).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+def predict(run_dir, weights, batch_size, as_json, images):
+    """Run the cache's backbone and the trained head on IMAGES; print class and probabilities.
+
+    Unreadable images are reported and do not stop the others.
+    """
+    from classifiers.predict import predict_images
+
+    result = predict_images(run_dir, images, weights=weights, batch_size=batch_size)
+    if as_json:
+        echo_json(result)
+    else:
+        for row in result["predictions"]:
+            others = ", ".join(f"{c} {p:.3f}" for c, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1]))
+            click.echo(f"{row['path']}: {row['class']} ({others})")
+    for item in result["skipped"]:
+        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+
+
+# -- train-cnn ---------------------------------------------------------------------------------------------
+@main.command("train-cnn", short_help="Train one of the study's from-scratch CNNs on the cache's images.")
+@cache_selection
+@training_options
+@click.option("--variant", default="funnel-out", show_default=True,
+              type=click.Choice(["funnel-out", "funnel-in", "batchnorm", "l2", "l1", "l1l2", "dropout"]),
+              help="The study's architecture (see README).")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="Image folder the cache was built from [default: the one recorded in the cache].")
+@click.option("--image-size", type=SizeType(), default="512x384", show_default=True,
+              help="Train at HxW (smaller is much faster on a CPU).")
+@click.option("--augment", is_flag=True, help="Random flips, shifts and brightness while training (not in the study).")
+def train_cnn(cache, backbone, weights, dtype, key, optimizer, learning_rate, epochs, batch_size, patience,
+              start_from_epoch, seed, repeats, balanced, runs_dir, name, verbose, as_json, variant, data, image_size,
+              augment):
+    """Train a CNN from scratch on the same train/val/test images as the cache's splits.
+
+    The optimizer defaults to rmsprop like train-head; the study trained its CNN rows with SGD (--optimizer sgd).
+    """
+    from classifiers.jobs import train_cnn as run
+
+    result = run(cache, backbone, variant=variant, optimizer=optimizer, learning_rate=learning_rate,
+                 image_size=image_size, augment=augment, epochs=epochs, batch_size=batch_size, patience=patience,
+                 start_from_epoch=start_from_epoch, seed=seed, repeats=repeats, balanced=balanced, data=data,
+                 weights=weights, dtype=dtype, key=key, runs_dir=runs_dir, name=name, verbose=2 if verbose else 0)
+    for item in result["skipped"]:
+        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+    print_training_result(result, as_json)
+
+
+# -- train-svm ---------------------------------------------------------------------------------------------
+@main.command("train-svm", short_help="Train an SVM baseline: on pooled backbone features, or SIFT bag of words.")
+@click.option("--features", default="resnet50", show_default=True,
+              help="A backbone present in --cache (pooled features), or 'classic' (SIFT bag of visual words).")
+@click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder.")
+@click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max"]),
+              help="How backbone feature maps become vectors.")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="Image folder, for 'classic' [default: the one recorded in the cache].")
+@click.option("--image-size", type=SizeType(), default="512x384", show_default=True, help="Image size for SIFT.")
+@click.option("--vocabulary-size", default=200, show_default=True, type=click.IntRange(2),
+              help="Visual words (k-means clusters) for 'classic'.")
+@click.option("--splits-from", "backbone_for_splits", default="resnet50", show_default=True,
+              help="For 'classic': the backbone cache whose splits (and images) to use.")
+@click.option("--weights", default=None, help="Pick the cache made with these weights, if several.")
+@click.option("--dtype", default=None, type=click.Choice(["float32", "float16"]), help="Pick the cache of this dtype.")
+@click.option("--key", default=None, help="Pick a cache by (a prefix of) its key.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first run.")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Runs with seeds seed..seed+N-1.")
+@click.option("--balanced", type=click.IntRange(1), default=None, help="Use N images per class.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Run folders.")
+@click.option("--name", default=None, help="Run folder name suffix.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def train_svm(features, cache, pooling, data, image_size, vocabulary_size, backbone_for_splits, weights, dtype, key,
+              seed, repeats, balanced, runs_dir, name, as_json):
+    """Standardised RBF SVC with C and gamma chosen by cross-validation on train+val, reported on test."""
+    from classifiers.jobs import train_svm as run
+
+    result = run(cache, features=features, pooling=pooling, image_size=image_size, vocabulary_size=vocabulary_size,
+                 seed=seed, repeats=repeats, balanced=balanced, data=data, backbone_for_splits=backbone_for_splits,
+                 weights=weights, dtype=dtype, key=key, runs_dir=runs_dir, name=name)
+    for item in result["skipped"]:
+        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+    print_training_result(result, as_json)
+
+
+# -- experiments -------------------------------------------------------------------------------------------
+@main.command(short_help="Run a named grid (the study's Table 1, baselines) over one cache.")
+@click.option("--grid", required=True, type=click.Choice(["seed-table1", "baselines"]), help="Which grid.")
+@click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder (ResNet50 cache).")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="Image folder [default: the one recorded in the cache].")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Runs per row.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of each row's first run.")
+@click.option("--quick", is_flag=True, help="64x48 images and 3 epochs: the whole grid in minutes (smoke test).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder [default: runs/<grid>[-quick]-r<repeats>]; re-running resumes it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def experiments(grid, cache, data, repeats, seed, quick, out_dir, as_json):
+    """Train every row of GRID, reusing the cache, and write results.csv and results.md (with the study's figures)."""
+    from classifiers.experiments import run_grid
+
+    result = run_grid(grid, cache=cache, data=data, repeats=repeats, seed=seed, quick=quick, out_dir=out_dir,
+                      progress=None if as_json else lambda message: click.echo(message, err=True))
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(open(result["results_md"]).read())
+
+
+# -- backbones ---------------------------------------------------------------------------------------------
+@main.command(short_help="List the available backbones.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def backbones(as_json):
+    """Backbones with their default input size, stored feature shape and bytes per image."""
+    from featurebank.backbones import available_backbones
+
+    rows = []
+    for spec in available_backbones():
+        shape = spec.output_shape()
+        values = shape[0] * shape[1] * shape[2]
+        rows.append({"name": spec.name, "input_size": list(spec.input_size), "feature_shape": list(shape),
+                     "bytes_float32": values * 4, "bytes_float16": values * 2, "layer": spec.layer,
+                     "requires": spec.requires or None})
+    if as_json:
+        echo_json({"backbones": rows})
+        return
+    for row in rows:
+        extra = f"  (needs pip install -e '.[{row['requires']}]')" if row["requires"] else ""
+        click.echo(f"{row['name']:<20} input {row['input_size'][0]}x{row['input_size'][1]}  features "
+                   f"{'x'.join(map(str, row['feature_shape']))}  {row['bytes_float32'] / 1e6:.2f} MB/image float32, "
+                   f"{row['bytes_float16'] / 1e6:.2f} MB float16{extra}")
+
+
 if __name__ == "__main__":
     main()

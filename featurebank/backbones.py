@@ -120,10 +120,14 @@ def keras_feature_function(
     batch_size: int,
 ) -> FeatureFunction:
     """Build ``application`` frozen, with ``preprocess`` in front, as a uint8 → float32 feature function."""
-    import keras
+    from featurebank.quiet import import_keras
+
+    keras = import_keras()
 
     height, width = input_size
     keras_weights = None if weights == "none" else weights
+    if weights == "none":
+        keras.utils.set_random_seed(0)  # random weights, but the same ones every build: caches stay reproducible
     try:
         base = application(include_top=False, weights=keras_weights, input_shape=(height, width, 3))
     except WeightsError:
@@ -159,6 +163,10 @@ def _keras_backbone(
 ) -> Backbone:
     def build(weights: str, input_size: tuple[int, int], batch_size: int) -> FeatureFunction:
         import importlib
+
+        from featurebank.quiet import import_keras
+
+        import_keras()
 
         mod = importlib.import_module(f"keras.applications.{module}")
         return keras_feature_function(

@@ -75,23 +75,42 @@ class IndexRow:
     row: int
 
 
-def _atomic_h5(path: Path):
-    """Context manager: an h5py.File written under a temporary name, fsynced and renamed to ``path`` on success."""
+def in_memory_h5() -> h5py.File:
+    """An HDF5 file that lives in memory until ``commit_h5`` writes it out (HDF5's core driver)."""
+    return h5py.File(f"featurebank-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
 
-    @contextlib.contextmanager
-    def writer():
-        tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
-        try:
-            with h5py.File(tmp, "w") as fh:
-                yield fh
-            with open(tmp, "rb+") as raw:
-                os.fsync(raw.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
-    return writer()
+def commit_h5(fh: h5py.File, path: Path) -> None:
+    """Write an in-memory HDF5 file to ``path`` atomically: temporary file, fsync, rename; then close it.
+
+    HDF5 never touches the disk itself, so a full or failing disk surfaces as a plain OSError from
+    ``write`` and can neither corrupt HDF5's state nor leave a partial file behind.
+    """
+    fh.flush()
+    image = fh.id.get_file_image()
+    fh.close()
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(image)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_h5(path: Path):
+    """Context manager: an h5py.File built in memory and committed to ``path`` atomically on success."""
+    fh = in_memory_h5()
+    try:
+        yield fh
+    except BaseException:
+        fh.close()
+        raise
+    commit_h5(fh, path)
 
 
 def compression_options(compression: str) -> dict:
@@ -133,7 +152,7 @@ class FeatureStore:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
-            raise CacheError(f"{self.cache_dir}: cannot write the cache folder: {exc.strerror or exc}") from None
+            raise CacheError(f"{self.cache_dir}: cannot write the cache folder: {describe_os_error(exc)}") from None
         self._remove_stale_temporaries()
 
     def remove(self) -> None:
@@ -195,7 +214,7 @@ class FeatureStore:
         for start, stop, shard, first in _contiguous_runs(rows):
             source = h5py.VirtualSource(f"{self.shard_dir.name}/{shard}", "features", shape=shapes[shard])
             layout[start:stop] = source[first : first + (stop - start)]
-        with _locked(self.cache_dir / f".{self.name}.lock"), _atomic_h5(self.index_path) as fh:
+        with _locked(self.cache_dir / f".{self.name}.lock"), atomic_h5(self.index_path) as fh:
             fh.create_virtual_dataset("features", layout, fillvalue=np.nan)
             fh.create_dataset("labels", data=np.array([r.label for r in rows], dtype=np.int64))
             fh.create_dataset("paths", data=[r.relpath for r in rows], dtype=_STR)
@@ -230,7 +249,7 @@ def _contiguous_runs(rows: list[IndexRow]):
 
 
 class ShardWriter:
-    """Appends feature batches to a temporary shard file and renames it into place every ``shard_size`` images.
+    """Appends feature batches to an in-memory shard and writes it out atomically every ``shard_size`` images.
 
     ``write`` returns the (sha256, shard name, row) entries of any shard it completed; ``close``
     commits the last, partial shard.
@@ -245,13 +264,11 @@ class ShardWriter:
         self.key = key
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.sequence = 0
-        self._file: h5py.File | None = None
-        self._tmp: Path | None = None
+        self._file: h5py.File | None = None  # the shard being filled, in memory
         self._digests: list[str] = []
 
     def _open(self) -> None:
-        self._tmp = self.shard_dir / f".tmp-{os.getpid()}-{self.run_id}-{self.sequence:05d}.h5"
-        self._file = h5py.File(self._tmp, "w")
+        self._file = in_memory_h5()
         self._file.create_dataset(
             "features", shape=(0, *self.feature_shape), maxshape=(None, *self.feature_shape),
             dtype=self.dtype, chunks=(1, *self.feature_shape), **self.options,
@@ -286,24 +303,20 @@ class ShardWriter:
         return self._commit() if self._file is not None else []
 
     def _commit(self) -> list[tuple[str, str, int]]:
-        assert self._file is not None and self._tmp is not None
-        self._file.close()
-        with open(self._tmp, "rb+") as raw:
-            os.fsync(raw.fileno())
+        assert self._file is not None
         name = f"{self.run_id}-{self.sequence:05d}.h5"
-        os.replace(self._tmp, self.shard_dir / name)
+        fh, self._file = self._file, None
+        commit_h5(fh, self.shard_dir / name)
         entries = [(digest, name, row) for row, digest in enumerate(self._digests)]
-        self._file, self._tmp, self._digests = None, None, []
+        self._digests = []
         self.sequence += 1
         return entries
 
     def abort(self) -> None:
-        """Drop the shard in progress (used when extraction fails part-way)."""
+        """Drop the shard in progress (used when extraction fails part-way); nothing of it is on disk."""
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
-            with contextlib.suppress(OSError):
-                self._tmp.unlink()
             self._file = None
 
 
@@ -325,6 +338,21 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short reason for an OSError, including HDF5's, whose messages bury errno in a long line."""
+    import errno as errno_names
+
+    text = str(exc)
+    code = exc.errno
+    if code is None:
+        for candidate in (errno_names.ENOSPC, errno_names.EROFS, errno_names.EACCES, errno_names.EDQUOT):
+            if f"errno = {candidate}," in text:
+                code = candidate
+    if code is not None:
+        return os.strerror(code).lower()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def find_indexes(cache_dir: str | os.PathLike) -> list[Path]:

@@ -16,11 +16,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from featurebank.backbones import Backbone, FeatureFunction, get_backbone, weights_identity
-from featurebank.cache import FeatureStore, IndexRow, make_manifest
+from featurebank.cache import FeatureStore, IndexRow, describe_os_error, make_manifest
+from featurebank.errors import CacheError
 from featurebank.images import ImageDecodeError, load_image
 from featurebank.scan import Sample, Skipped, scan_folder
 from featurebank.splits import DEFAULT_FRACTIONS, assign_splits, balanced_subset
@@ -116,6 +118,7 @@ def extract(
     index_attrs = {
         "data_root": str(scan.root), "split_seed": split_seed, "split_fractions": list(split_fractions),
         "balanced": -1 if balanced is None else balanced,
+        "weights_source": weights if weights in spec.weights_values else str(Path(weights).expanduser().resolve()),
     }
 
     def write_index() -> None:
@@ -129,14 +132,18 @@ def extract(
         write_index()
 
     new = 0
-    if todo:
-        new, failures = run_pipeline(
-            todo, build=lambda: spec.build(weights, size, batch_size), store=store, input_size=size,
-            batch_size=batch_size, compression=compression, shard_size=shard_size,
-            decode_workers=decode_workers, progress=progress or Progress(), on_commit=on_commit,
-        )
-        skipped.extend(failures)
-    write_index()
+    try:
+        if todo:
+            new, failures = run_pipeline(
+                todo, build=lambda: spec.build(weights, size, batch_size), store=store, input_size=size,
+                batch_size=batch_size, compression=compression, shard_size=shard_size,
+                decode_workers=decode_workers, progress=progress or Progress(), on_commit=on_commit,
+            )
+            skipped.extend(failures)
+        write_index()
+    except OSError as exc:
+        raise CacheError(f"{store.cache_dir}: cannot write the cache: {describe_os_error(exc)}; "
+                         "features committed before this are kept") from None
     in_index = sum(1 for s in samples if s.sha256 in stored)
     return ExtractReport(
         cache_file=str(store.index_path), backbone=spec.name, key=store.key, images=in_index,

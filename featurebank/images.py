@@ -61,3 +61,23 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
         if "truncated" in reason.lower():
             reason = "truncated or corrupt image data"
         raise ImageDecodeError(f"cannot decode image: {reason}") from None
+
+
+def decode_many(paths, size: tuple[int, int], *, workers: int = 4):
+    """Decode many files in parallel; returns (uint8 array of the good ones, their indices, [(path, reason)])."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(path):
+        try:
+            return load_image(path, size), None
+        except ImageDecodeError as exc:
+            return None, str(exc)
+        except OSError as exc:
+            return None, f"cannot read file: {exc.strerror or exc}"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(attempt, paths))
+    kept = [i for i, (image, _) in enumerate(results) if image is not None]
+    failures = [(str(paths[i]), reason) for i, (_, reason) in enumerate(results) if reason is not None]
+    images = np.stack([results[i][0] for i in kept]) if kept else np.zeros((0, *size, 3), np.uint8)
+    return images, np.array(kept, dtype=np.int64), failures

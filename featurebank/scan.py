@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,10 @@ def inspect_file(path: Path) -> tuple[str, str] | Skipped:
     if path.is_symlink() and not path.exists():
         return Skipped(shown, "broken symbolic link")
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return Skipped(shown, "not a regular file")
+        if info.st_size == 0:
             return Skipped(shown, "empty file (0 bytes)")
         sha256, header = hash_file(path)
     except PermissionError:

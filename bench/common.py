@@ -1,0 +1,31 @@
+"""Helpers shared by the benchmark scripts: dataset location, subsets, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+TRASHNET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "trashnet"
+
+
+def subset_folder(data: Path, limit: int | None) -> Path:
+    """``data`` itself, or a temporary class-per-folder tree of symlinks to about ``limit`` images, spread over classes."""
+    if not limit:
+        return data
+    classes = sorted(p for p in data.iterdir() if p.is_dir())
+    per_class = max(1, limit // len(classes))
+    root = Path(tempfile.mkdtemp(prefix="featurebank-subset-"))
+    for folder in classes:
+        (root / folder.name).mkdir()
+        for image in sorted(folder.iterdir())[:per_class]:
+            (root / folder.name / image.name).symlink_to(image.resolve())
+    return root
+
+
+def machine() -> str:
+    import keras
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"keras {keras.__version__} ({keras.backend.backend()} backend)")

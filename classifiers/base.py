@@ -1,0 +1,41 @@
+"""What every featurebank classifier shares: label encoding, input checks, score."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when predict/score is called before fit (as scikit-learn's)."""
+
+
+class ClassifierBase(ClassifierMixin, BaseEstimator):
+    """scikit-learn base (get_params, set_params, clone): subclasses implement ``fit`` and ``predict_proba``."""
+
+    def _encode_labels(self, y, classes=None) -> np.ndarray:
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(f"y must be a 1-d array of labels; received shape {y.shape}")
+        self.classes_ = np.unique(y) if classes is None else np.asarray(classes)
+        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+        try:
+            return np.array([lookup[v] for v in y.tolist()], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"y has label {exc.args[0]!r} that is not in classes {self.classes_.tolist()}") from None
+
+    @staticmethod
+    def _check_X(X, y=None, *, min_samples: int = 1) -> None:
+        if len(X) < min_samples:
+            raise ValueError(f"need at least {min_samples} samples; received {len(X)}")
+        if y is not None and len(X) != len(y):
+            raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class for each row of X."""
+        proba = self.predict_proba(X)  # checks that the model is fitted
+        return self.classes_[np.argmax(proba, axis=1)]

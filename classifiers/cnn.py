@@ -1,0 +1,150 @@
+"""The study's from-scratch CNNs (seven variants), trained on decoded images rather than cached features."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from classifiers.base import ClassifierBase
+from classifiers.heads import OPTIMIZERS, fit_keras_model
+from featurebank.quiet import import_keras
+
+VARIANTS = ("funnel-out", "funnel-in", "batchnorm", "l2", "l1", "l1l2", "dropout")
+
+
+def build_cnn(variant: str, input_shape: tuple[int, int, int], n_classes: int, *, augment: bool = False):
+    """The study's architecture for ``variant`` (see the README's table), as an uncompiled keras.Model.
+
+    All variants: uint8 image → Rescaling(1/255) → three Conv2D(3×3, relu) + MaxPool(2) stages →
+    Flatten → Dense(n_classes, softmax). funnel-out has 32/64/128 filters, funnel-in 128/64/32;
+    batchnorm adds BatchNormalization after the first pooling; l2/l1/l1l2 add Dense(64, relu) with
+    that 0.01 kernel regulariser on the feature map after the first pooling; dropout adds
+    Dropout(0.4) after the first and second pooling. ``augment`` puts random flips, translations
+    and brightness in front (training only).
+    """
+    keras = import_keras()
+    from keras import layers, regularizers
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; received {variant!r}")
+    filters = (128, 64, 32) if variant == "funnel-in" else (32, 64, 128)
+    inputs = keras.Input(input_shape, name="images")
+    x = inputs
+    if augment:
+        x = layers.RandomFlip("horizontal", name="random_flip")(x)
+        x = layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", name="random_crop_shift")(x)
+        x = layers.RandomBrightness(0.2, value_range=(0, 255), name="random_brightness")(x)
+    x = layers.Rescaling(1.0 / 255, name="rescaling")(x)
+    for stage, count in enumerate(filters, start=1):
+        x = layers.Conv2D(count, 3, activation="relu", name=f"conv{stage}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+        if stage == 1 and variant == "batchnorm":
+            x = layers.BatchNormalization(name="batchnorm")(x)
+        if stage == 1 and variant in ("l2", "l1", "l1l2"):
+            regularizer = {"l2": regularizers.L2(0.01), "l1": regularizers.L1(0.01),
+                           "l1l2": regularizers.L1L2(0.01, 0.01)}[variant]
+            x = layers.Dense(64, activation="relu", kernel_regularizer=regularizer, name=f"dense_{variant}")(x)
+        if stage in (1, 2) and variant == "dropout":
+            x = layers.Dropout(0.4, name=f"dropout{stage}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="softmax")(x)
+    return keras.Model(inputs, outputs, name=f"cnn_{variant.replace('-', '_')}")
+
+
+def expected_parameter_count(variant: str, input_shape: tuple[int, int, int], n_classes: int) -> int:
+    """Trainable + non-trainable parameters of ``build_cnn`` by formula (checked against Keras in the tests)."""
+    height, width, channels = input_shape
+    filters = (128, 64, 32) if variant == "funnel-in" else (32, 64, 128)
+    total = 0
+    for stage, count in enumerate(filters, start=1):
+        total += (3 * 3 * channels + 1) * count
+        height, width, channels = (height - 2) // 2, (width - 2) // 2, count
+        if stage == 1 and variant == "batchnorm":
+            total += 4 * channels  # gamma, beta, moving mean, moving variance
+        if stage == 1 and variant in ("l2", "l1", "l1l2"):
+            total += (channels + 1) * 64
+            channels = 64
+    return total + (height * width * channels + 1) * n_classes
+
+
+class CNNClassifier(ClassifierBase):
+    """A from-scratch CNN of the study, scikit-learn style, on uint8 images (N, H, W, 3) or image paths.
+
+    Parameters
+    ----------
+    variant : one of VARIANTS.
+    optimizer, learning_rate, epochs, batch_size, patience, start_from_epoch, seed : as DenseHead.
+    image_size : (height, width) images are resized to when X holds paths; the study used (512, 384).
+    augment : random flips/translations/brightness while training (off: the study's setting).
+    """
+
+    def __init__(self, *, variant: str = "funnel-out", optimizer: str = "sgd", learning_rate: float | None = None,
+                 image_size: tuple[int, int] = (512, 384), epochs: int = 40, batch_size: int = 32,
+                 patience: int = 5, start_from_epoch: int = 10, augment: bool = False, seed: int = 0,
+                 verbose: int = 0):
+        self.variant = variant
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.image_size = image_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.start_from_epoch = start_from_epoch
+        self.augment = augment
+        self.seed = seed
+        self.verbose = verbose
+
+    def _images(self, X):
+        return X if isinstance(X, np.ndarray) else ImageFiles(X, tuple(self.image_size))
+
+    def _encode_more(self, y) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+        return np.array([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
+
+    def fit(self, X, y, *, validation_data=None, classes=None) -> CNNClassifier:
+        """Train on images X (array or paths) and labels y; early-stop on ``validation_data`` loss."""
+        keras = import_keras()
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
+        self._check_X(X, y, min_samples=2)
+        y_encoded = self._encode_labels(y, classes)
+        images = self._images(X)
+        self.n_features_in_ = tuple(images.shape[1:])
+        keras.utils.set_random_seed(self.seed)
+        model = build_cnn(self.variant, self.n_features_in_, len(self.classes_), augment=self.augment)
+        if validation_data is not None:
+            validation_data = (self._images(validation_data[0]), validation_data[1])
+        return fit_keras_model(
+            self, model, images, y_encoded, validation_data, optimizer=self.optimizer,
+            learning_rate=self.learning_rate, epochs=self.epochs, batch_size=self.batch_size,
+            patience=self.patience, start_from_epoch=self.start_from_epoch, seed=self.seed, verbose=self.verbose,
+        )
+
+    def predict_proba(self, X) -> np.ndarray:
+        from classifiers.batches import predict_in_batches
+
+        self._check_fitted()
+        return predict_in_batches(self.model_, self._images(X), self.batch_size)
+
+
+class ImageFiles:
+    """Array-like over image files, decoded (and resized) on demand by ``read_rows`` on a few threads."""
+
+    def __init__(self, paths: Sequence, image_size: tuple[int, int]):
+        self.paths = list(paths)
+        self.image_size = image_size
+        self.shape = (len(self.paths), *image_size, 3)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read_rows(self, positions) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from featurebank.images import load_image
+
+        with ThreadPoolExecutor(max_workers=min(8, max(1, math.ceil(len(positions) / 8)))) as pool:
+            return np.stack(list(pool.map(lambda i: load_image(self.paths[i], self.image_size), positions)))

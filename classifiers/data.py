@@ -1,0 +1,94 @@
+"""Train/val/test features from a featurebank cache, loaded into memory or streamed when they would not fit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+import featurebank
+from featurebank.errors import CacheError
+from featurebank.splits import SPLIT_NAMES
+
+
+@dataclass
+class SplitData:
+    """Features and labels of each split of one cache, plus where they came from."""
+
+    splits: dict  # name → (X, y)
+    classes: list[str]
+    key: str
+    cache_file: str
+    manifest: dict
+    attrs: dict
+    feature_pooling: str | None  # pooling applied when loading ('avg', 'max') or None (maps kept)
+    streamed: bool
+
+
+def memory_budget() -> int:
+    """Half of the memory available now: the default limit before features are streamed from disk."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError):
+        return 4 << 30
+
+
+def load_splits(cache="cache", backbone: str = "resnet50", *, pooling: str = "flatten", balanced: int | None = None,
+                weights: str | None = None, dtype: str | None = None, key: str | None = None,
+                stream: bool | None = None) -> SplitData:
+    """Features of the cache's stored train/val/test splits, pooled at load time for 'avg'/'max'.
+
+    ``stream=None`` streams from HDF5 only when the features would take more than ``memory_budget()``.
+    """
+    load_pooling = pooling if pooling in ("avg", "max") else None
+    path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key) \
+        if not str(cache).endswith(".h5") else cache
+    everything = featurebank.load(path, pooling=load_pooling, balanced=balanced, lazy=True)
+    if stream is None:
+        stream = everything.X.shape[0] * int(np.prod(everything.X.shape[1:])) * 4 > memory_budget()
+    splits = {}
+    for name in SPLIT_NAMES:
+        part = featurebank.load(path, split=name, pooling=load_pooling, balanced=balanced, lazy=stream)
+        if len(part) == 0:
+            raise CacheError(
+                f"{path}: the {name!r} split has no images ({len(everything)} images in the cache, split "
+                f"{everything.attrs.get('split_fractions')}); extract more images or choose other --split fractions"
+            )
+        splits[name] = (part.X, part.y)
+    everything.X.close()
+    return SplitData(splits=splits, classes=everything.classes, key=everything.key, cache_file=str(path),
+                     manifest=everything.manifest, attrs=everything.attrs, feature_pooling=load_pooling,
+                     streamed=bool(stream))
+
+
+@dataclass
+class SplitImages:
+    """Image paths and labels of each stored split of a cache (for models trained on pixels)."""
+
+    splits: dict  # name → (list of absolute paths, labels)
+    classes: list[str]
+    data_root: str
+    key: str
+    cache_file: str
+
+
+def load_split_images(cache="cache", backbone: str = "resnet50", *, data=None, balanced: int | None = None,
+                      weights: str | None = None, dtype: str | None = None, key: str | None = None) -> SplitImages:
+    """The images behind a cache's splits, found under ``data`` (default: the folder recorded at extraction)."""
+    from pathlib import Path
+
+    path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key) \
+        if not str(cache).endswith(".h5") else cache
+    info = featurebank.load(path, balanced=balanced, lazy=True)
+    info.X.close()
+    root = Path(data or info.attrs.get("data_root", ""))
+    if not root.is_dir():
+        raise CacheError(f"{root}: image folder of cache {Path(path).name} not found; pass it with --data DIR")
+    splits = {}
+    for name in SPLIT_NAMES:
+        chosen = info.split == name
+        if not chosen.any():
+            raise CacheError(f"{path}: the {name!r} split has no images; extract more images or choose other --split fractions")
+        splits[name] = ([root / p for p in info.paths[chosen]], info.y[chosen])
+    return SplitImages(splits=splits, classes=info.classes, data_root=str(root), key=info.key, cache_file=str(path))

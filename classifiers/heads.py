@@ -1,0 +1,142 @@
+"""Dense heads on cached backbone features: the study's Flatten → Dense(softmax), and pooled variants."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from classifiers.base import ClassifierBase
+from classifiers.batches import make_batches, predict_in_batches
+from featurebank.quiet import import_keras
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+
+
+def make_optimizer(name: str, learning_rate: float | None):
+    """A Keras optimizer with Keras' defaults, or the given learning rate."""
+    keras = import_keras()
+
+    classes = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}
+    if name not in classes:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {name!r}")
+    return classes[name]() if learning_rate is None else classes[name](learning_rate=learning_rate)
+
+
+def early_stopping(*, patience: int, start_from_epoch: int, monitor: str = "val_loss"):
+    import keras
+
+    return keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=patience, start_from_epoch=start_from_epoch, restore_best_weights=True
+    )
+
+
+def fit_keras_model(estimator, model, X, y_encoded, validation_data, *, optimizer: str, learning_rate,
+                    epochs: int, batch_size: int, patience: int, start_from_epoch: int, seed: int, verbose: int):
+    """Compile and train ``model`` the study's way; stores ``model_``, ``history_``, ``best_epoch_``."""
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    train = make_batches(X, y_encoded, batch_size=batch_size, shuffle=True, seed=seed)
+    callbacks, validation = [], None
+    if validation_data is not None:
+        X_val, y_val = validation_data
+        validation = make_batches(X_val, estimator._encode_more(y_val), batch_size=batch_size, shuffle=False, seed=seed)
+        callbacks.append(early_stopping(patience=patience, start_from_epoch=start_from_epoch))
+    history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    estimator.model_ = model
+    estimator.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
+    stopper = callbacks[0] if callbacks else None
+    restored = stopper is not None and stopper.best_weights is not None
+    estimator.best_epoch_ = stopper.best_epoch + 1 if restored else len(estimator.history_["loss"])
+    return estimator
+
+
+class DenseHead(ClassifierBase):
+    """Softmax classifier on backbone features: [pooling] → Flatten → Dense(n_classes, softmax).
+
+    Parameters
+    ----------
+    optimizer : 'sgd', 'adam' or 'rmsprop' (Keras defaults unless ``learning_rate`` is given).
+    learning_rate : float or None.
+    pooling : 'flatten' (the study: every cell of the feature map), 'avg' or 'max' (global pooling
+        over space, far fewer weights), applied inside the model to 4-d inputs; 2-d inputs pass as they are.
+    epochs, batch_size : training length; early stopping on val_loss ends it sooner.
+    patience, start_from_epoch : EarlyStopping settings (best weights are restored).
+    seed : seeds Keras' initialisation and the shuffling order.
+    verbose : Keras' verbosity.
+
+    Attributes
+    ----------
+    classes_ : labels, in the order of ``predict_proba``'s columns.
+    model_ : the trained keras.Model.
+    history_ : per-epoch loss/accuracy (and val_ ones), as a dict of lists.
+    best_epoch_ : the epoch whose weights were kept.
+    n_features_in_ : shape of one input row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.r_[np.zeros((20, 4)), np.ones((20, 4))]; y = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    >>> DenseHead(optimizer="adam", learning_rate=0.1, epochs=20).fit(X, y).score(X, y)
+    1.0
+    """
+
+    def __init__(self, *, optimizer: str = "rmsprop", learning_rate: float | None = None, pooling: str = "flatten",
+                 epochs: int = 40, batch_size: int = 32, patience: int = 5, start_from_epoch: int = 10,
+                 seed: int = 0, verbose: int = 0):
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.pooling = pooling
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.start_from_epoch = start_from_epoch
+        self.seed = seed
+        self.verbose = verbose
+
+    def _encode_more(self, y) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+        unknown = sorted(set(np.asarray(y).tolist()) - set(lookup))
+        if unknown:
+            raise ValueError(f"validation labels {unknown} are not among the training classes {self.classes_.tolist()}")
+        return np.array([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
+
+    def build_model(self, input_shape: tuple[int, ...], n_classes: int):
+        import keras
+
+        inputs = keras.Input(input_shape, name="features")
+        x = inputs
+        if len(input_shape) == 3 and self.pooling in ("avg", "max"):
+            pool = keras.layers.GlobalAveragePooling2D if self.pooling == "avg" else keras.layers.GlobalMaxPooling2D
+            x = pool(name=f"{self.pooling}_pool")(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+        outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax")(x)
+        return keras.Model(inputs, outputs, name=f"dense_head_{self.pooling}")
+
+    def fit(self, X, y, *, validation_data=None, classes=None) -> DenseHead:
+        """Train on (X, y); with ``validation_data=(X_val, y_val)``, early-stop on its loss.
+
+        ``X`` may be a numpy array or a ``featurebank.LazyFeatures`` view (streamed from disk).
+        ``classes`` fixes the label set when a split lacks some class.
+        """
+        keras = import_keras()
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
+        if self.pooling not in ("flatten", "avg", "max"):
+            raise ValueError(f"pooling must be 'flatten', 'avg' or 'max'; received {self.pooling!r}")
+        self._check_X(X, y, min_samples=2)
+        y_encoded = self._encode_labels(y, classes)
+        self.n_features_in_ = tuple(X.shape[1:])
+        keras.utils.set_random_seed(self.seed)
+        model = self.build_model(self.n_features_in_, len(self.classes_))
+        return fit_keras_model(
+            self, model, X, y_encoded, validation_data, optimizer=self.optimizer, learning_rate=self.learning_rate,
+            epochs=self.epochs, batch_size=self.batch_size, patience=self.patience,
+            start_from_epoch=self.start_from_epoch, seed=self.seed, verbose=self.verbose,
+        )
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, one row per sample, columns in ``classes_`` order."""
+        self._check_fitted()
+        if tuple(X.shape[1:]) != self.n_features_in_:
+            raise ValueError(f"X rows have shape {tuple(X.shape[1:])}; this head was fitted on {self.n_features_in_}")
+        return predict_in_batches(self.model_, X, max(self.batch_size, 256))

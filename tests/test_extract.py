@@ -1,0 +1,121 @@
+"""extract → HDF5 → load, through the CLI and the library, with real (random-weight) ResNet50 models."""
+
+import json
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featurebank
+from cli import main
+from featurebank.cache import find_indexes
+
+
+def run_cli(*args):
+    """Run the installed console command as a user would; returns (parsed stdout JSON, seconds)."""
+    started = time.perf_counter()
+    done = subprocess.run(["featurebank", *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_issue_acceptance_full_size_resnet50(tmp_path, make_images):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_images(data, 2, size=(512, 384))
+    args = ["extract", "--backbone", "resnet50", "--weights", "none", "--data", str(data), "--cache", str(cache),
+            "--json"]
+    first, first_seconds = run_cli(*args)
+    assert (first["new"], first["cached"], first["skipped"]) == (12, 0, [])
+    with h5py.File(first["cache_file"], "r") as fh:
+        assert fh["features"].shape == (12, 16, 12, 2048)
+        assert fh["features"].is_virtual  # chunking lives in the shards, checked below
+        splits_before = dict(zip(fh["paths"].asstr()[...], fh["split"].asstr()[...]))
+    for shard in (cache / (first["cache_file"].rsplit("/", 1)[1][:-3] + ".shards")).glob("*.h5"):
+        with h5py.File(shard, "r") as fh:
+            assert fh["features"].chunks == (1, 16, 12, 2048)
+
+    second, second_seconds = run_cli(*args)
+    assert (second["new"], second["cached"]) == (0, 12)
+    assert second_seconds < first_seconds / 5
+
+    fb = featurebank.load(cache=cache, backbone="resnet50")
+    assert fb.X.shape == (12, 16, 12, 2048) and fb.X.dtype == np.float32
+    assert fb.y.shape == (12,) and len(fb.classes) == 6
+
+    make_images(data, 1, size=(512, 384), start=10, classes=["glass", "metal", "trash"])
+    third, _ = run_cli(*args)
+    assert (third["new"], third["cached"]) == (3, 12)
+    fb = featurebank.load(cache=cache, backbone="resnet50")
+    assert len(fb) == 15
+    assert {p: s for p, s in zip(fb.paths, fb.split) if p in splits_before} == splits_before
+
+
+def test_noop_rerun_does_not_import_tensorflow(small_cache):
+    code = (
+        "import sys, featurebank; r = featurebank.extract(sys.argv[1], cache=sys.argv[2], weights='none', "
+        "input_size=(64, 64)); print(r.new, r.cached, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(small_cache["data"]), str(small_cache["cache"])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["0", "180", "False", "False"], done.stderr
+
+
+def test_library_report_and_split_storage(small_cache):
+    report = small_cache["report"]
+    assert report.new == 180 and report.cached == 0 and report.images == 180
+    fb = featurebank.load(cache=small_cache["cache"], backbone="resnet50")
+    assert set(fb.split) <= {"train", "val", "test"}
+    assert fb.attrs["split_seed"] == 0
+    train = featurebank.load(cache=small_cache["cache"], backbone="resnet50", split="train", pooling="avg")
+    assert train.X.shape == ((fb.split == "train").sum(), 2048)
+    np.testing.assert_allclose(train.X, fb.X[fb.split == "train"].mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_cli_info_lists_caches(small_cache):
+    result = CliRunner().invoke(main, ["info", "--cache", str(small_cache["cache"]), "--json"])
+    assert result.exit_code == 0, result.output
+    caches = json.loads(result.output)["caches"]
+    assert len(caches) == 1
+    assert caches[0]["images"] == 180 and caches[0]["weights"] == "none"
+    assert caches[0]["feature_shape"] == [2, 2, 2048] and caches[0]["bytes"] > 180 * 2 * 2 * 2048 * 4
+
+
+def test_different_settings_never_share_rows(tmp_path, make_images):
+    data = tmp_path / "data"
+    make_images(data, 1)
+    base = dict(cache=tmp_path / "cache", weights="none", input_size=(64, 64))
+    featurebank.extract(data, **base)
+    assert featurebank.extract(data, **{**base, "dtype": "float16"}).new == 6
+    assert featurebank.extract(data, **{**base, "input_size": (96, 64)}).new == 6
+    assert len(find_indexes(tmp_path / "cache")) == 3
+    with pytest.raises(featurebank.CacheError, match="3 caches match.*dtype"):
+        featurebank.load(cache=tmp_path / "cache", backbone="resnet50")
+    half = featurebank.load(cache=tmp_path / "cache", backbone="resnet50", dtype="float16")
+    assert half.X.dtype == np.float32 and half.manifest["dtype"] == "float16"
+
+
+def test_weights_file_is_identified_by_its_hash(tmp_path, make_images):
+    import keras
+
+    data = tmp_path / "data"
+    make_images(data, 1)
+    weights = tmp_path / "resnet50_notop.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(weights)
+    report = featurebank.extract(data, cache=tmp_path / "cache", weights=str(weights), input_size=(64, 64),
+                                 batch_size=4, shard_size=5)
+    assert report.new == 6
+    fb = featurebank.load(cache=tmp_path / "cache", backbone="resnet50", weights=str(weights))
+    assert fb.manifest["weights"].startswith("sha256:") and len(fb) == 6
+
+    # Every stored row is the backbone's output for the image at that path (no mix-up across batches).
+    from featurebank.backbones import get_backbone
+    from featurebank.images import load_image
+
+    function = get_backbone("resnet50").build(str(weights), (64, 64), 8)
+    images = np.stack([load_image(data / path, (64, 64)) for path in fb.paths])
+    np.testing.assert_allclose(fb.X, function(images), rtol=1e-4, atol=1e-4)

@@ -18,7 +18,7 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (FeaturebankError, ValueError) as exc:
+        except FeaturebankError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; everything committed so far is kept in the cache.", err=True)
@@ -395,6 +395,28 @@ def backbones(as_json):
         click.echo(f"{row['name']:<20} input {row['input_size'][0]}x{row['input_size'][1]}  features "
                    f"{'x'.join(map(str, row['feature_shape']))}  {row['bytes_float32'] / 1e6:.2f} MB/image float32, "
                    f"{row['bytes_float16'] / 1e6:.2f} MB float16{extra}")
+
+
+# -- demo --------------------------------------------------------------------------------------------------
+@main.command(short_help="Run the whole job offline: extract, train heads and an SVM, print a results table.")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="Image folder [default: a generated sample of recyclables]; e.g. ../shared/datasets/trashnet.")
+@click.option("--backbone", default="efficientnet-lite0", show_default=True, type=click.Choice(backbone_names()),
+              help="Backbone; efficientnet-lite0's pretrained weights come from the package registry (no network).")
+@click.option("--weights", default="imagenet", show_default=True, help="As for extract.")
+@click.option("--cache", default="cache", show_default=True, type=click.Path(file_okay=False), help="Cache folder.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Run folders.")
+@click.option("--per-class", default=20, show_default=True, type=click.IntRange(3), help="Generated images per class.")
+@click.option("--input-size", type=SizeType(), default=None, help="Resize images to HxW [backbone default].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def demo(data, backbone, weights, cache, runs_dir, per_class, input_size, as_json):
+    """Extract features once, train two dense heads and an SVM on them, and print their test results."""
+    from classifiers.demo import format_table, run_demo
+
+    result = run_demo(data, cache=cache, backbone=backbone, weights=weights, per_class=per_class,
+                      input_size=input_size, runs_dir=runs_dir,
+                      progress=lambda message: click.echo(message, err=True))
+    click.echo(json.dumps(result, default=str) if as_json else format_table(result))
 
 
 if __name__ == "__main__":

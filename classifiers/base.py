@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from featurebank.errors import InvalidArgument
+
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when predict/score is called before fit (as scikit-learn's)."""
@@ -16,20 +18,20 @@ class ClassifierBase(ClassifierMixin, BaseEstimator):
     def _encode_labels(self, y, classes=None) -> np.ndarray:
         y = np.asarray(y)
         if y.ndim != 1:
-            raise ValueError(f"y must be a 1-d array of labels; received shape {y.shape}")
+            raise InvalidArgument(f"y must be a 1-d array of labels; received shape {y.shape}")
         self.classes_ = np.unique(y) if classes is None else np.asarray(classes)
         lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
         try:
             return np.array([lookup[v] for v in y.tolist()], dtype=np.int64)
         except KeyError as exc:
-            raise ValueError(f"y has label {exc.args[0]!r} that is not in classes {self.classes_.tolist()}") from None
+            raise InvalidArgument(f"y has label {exc.args[0]!r} that is not in classes {self.classes_.tolist()}") from None
 
     @staticmethod
     def _check_X(X, y=None, *, min_samples: int = 1) -> None:
         if len(X) < min_samples:
-            raise ValueError(f"need at least {min_samples} samples; received {len(X)}")
+            raise InvalidArgument(f"need at least {min_samples} samples; received {len(X)}")
         if y is not None and len(X) != len(y):
-            raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}")
+            raise InvalidArgument(f"X and y have different lengths: {len(X)} and {len(y)}")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):

@@ -9,6 +9,7 @@ import numpy as np
 
 from classifiers.base import ClassifierBase
 from classifiers.heads import OPTIMIZERS, fit_keras_model
+from featurebank.errors import InvalidArgument
 from featurebank.quiet import import_keras
 
 VARIANTS = ("funnel-out", "funnel-in", "batchnorm", "l2", "l1", "l1l2", "dropout")
@@ -28,7 +29,7 @@ def build_cnn(variant: str, input_shape: tuple[int, int, int], n_classes: int, *
     from keras import layers, regularizers
 
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; received {variant!r}")
+        raise InvalidArgument(f"variant must be one of {', '.join(VARIANTS)}; received {variant!r}")
     filters = (128, 64, 32) if variant == "funnel-in" else (32, 64, 128)
     inputs = keras.Input(input_shape, name="images")
     x = inputs
@@ -108,7 +109,7 @@ class CNNClassifier(ClassifierBase):
         keras = import_keras()
 
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
+            raise InvalidArgument(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
         self._check_X(X, y, min_samples=2)
         y_encoded = self._encode_labels(y, classes)
         images = self._images(X)

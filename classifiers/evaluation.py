@@ -9,7 +9,11 @@ import numpy as np
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """Loss, accuracy, per-class precision/recall/F1, macro F1 and the confusion matrix (rows: true class)."""
-    from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
+    from sklearn.metrics import (
+        confusion_matrix,
+        log_loss,
+        precision_recall_fscore_support,
+    )
 
     labels = list(range(len(classes)))
     y_true = np.asarray(y_true)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import jobs
+from featurebank.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -119,14 +120,14 @@ def run_grid(grid: str, *, cache="cache", data=None, repeats: int = 3, seed: int
              out_dir=None, progress=None) -> dict:
     """Run every row of ``grid`` not yet in ``out_dir/results.csv``; rows finished earlier are kept (resumable)."""
     if grid not in GRIDS:
-        raise ValueError(f"grid must be one of {', '.join(GRIDS)}; received {grid!r}")
+        raise InvalidArgument(f"grid must be one of {', '.join(GRIDS)}; received {grid!r}")
     rows = GRIDS[grid]
     out_dir = Path(out_dir or f"runs/{grid}{'-quick' if quick else ''}-r{repeats}")
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"grid": grid, "repeats": repeats, "seed": seed, "quick": quick, "cache": str(cache)}
     settings_file = out_dir / "grid.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        raise ValueError(f"{out_dir}: holds a grid run with other settings ({settings_file}); choose another --out")
+        raise InvalidArgument(f"{out_dir}: holds a grid run with other settings ({settings_file}); choose another --out")
     settings_file.write_text(json.dumps(settings, indent=2))
     results = read_results(out_dir / "results.csv")
     for row in rows:

@@ -6,6 +6,7 @@ import numpy as np
 
 from classifiers.base import ClassifierBase
 from classifiers.batches import make_batches, predict_in_batches
+from featurebank.errors import InvalidArgument
 from featurebank.quiet import import_keras
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -17,7 +18,7 @@ def make_optimizer(name: str, learning_rate: float | None):
 
     classes = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}
     if name not in classes:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {name!r}")
+        raise InvalidArgument(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {name!r}")
     return classes[name]() if learning_rate is None else classes[name](learning_rate=learning_rate)
 
 
@@ -96,7 +97,7 @@ class DenseHead(ClassifierBase):
         lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
         unknown = sorted(set(np.asarray(y).tolist()) - set(lookup))
         if unknown:
-            raise ValueError(f"validation labels {unknown} are not among the training classes {self.classes_.tolist()}")
+            raise InvalidArgument(f"validation labels {unknown} are not among the training classes {self.classes_.tolist()}")
         return np.array([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
 
     def build_model(self, input_shape: tuple[int, ...], n_classes: int):
@@ -120,9 +121,9 @@ class DenseHead(ClassifierBase):
         keras = import_keras()
 
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
+            raise InvalidArgument(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
         if self.pooling not in ("flatten", "avg", "max"):
-            raise ValueError(f"pooling must be 'flatten', 'avg' or 'max'; received {self.pooling!r}")
+            raise InvalidArgument(f"pooling must be 'flatten', 'avg' or 'max'; received {self.pooling!r}")
         self._check_X(X, y, min_samples=2)
         y_encoded = self._encode_labels(y, classes)
         self.n_features_in_ = tuple(X.shape[1:])
@@ -138,5 +139,5 @@ class DenseHead(ClassifierBase):
         """Class probabilities, one row per sample, columns in ``classes_`` order."""
         self._check_fitted()
         if tuple(X.shape[1:]) != self.n_features_in_:
-            raise ValueError(f"X rows have shape {tuple(X.shape[1:])}; this head was fitted on {self.n_features_in_}")
+            raise InvalidArgument(f"X rows have shape {tuple(X.shape[1:])}; this head was fitted on {self.n_features_in_}")
         return predict_in_batches(self.model_, X, max(self.batch_size, 256))

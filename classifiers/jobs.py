@@ -9,7 +9,13 @@ import numpy as np
 
 from classifiers.data import load_split_images, load_splits
 from classifiers.heads import DenseHead
-from classifiers.runs import finish_run, new_run_dir, sha256_of, summarize_repeats, write_json
+from classifiers.runs import (
+    finish_run,
+    new_run_dir,
+    sha256_of,
+    summarize_repeats,
+    write_json,
+)
 from featurebank.images import decode_many
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from classifiers.base import ClassifierBase
+from featurebank.errors import InvalidArgument
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
 DEFAULT_GAMMA_GRID = ("scale", 1e-4, 1e-3)
@@ -23,7 +24,7 @@ def _grid_search_svc(X, y, *, C_grid, gamma_grid, cv: int, seed: int):
 
     folds = min(cv, int(np.bincount(y)[np.bincount(y) > 0].min()))
     if folds < 2:
-        raise ValueError("need at least 2 training images of every class to choose C and gamma by cross-validation")
+        raise InvalidArgument("need at least 2 training images of every class to choose C and gamma by cross-validation")
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     search = GridSearchCV(make_pipeline(StandardScaler(), SVC(kernel="rbf")),
                           {"svc__C": list(C_grid), "svc__gamma": list(gamma_grid)}, cv=splitter, n_jobs=1)
@@ -57,7 +58,7 @@ class FeatureSVM(ClassifierBase):
     def fit(self, X, y, *, classes=None) -> FeatureSVM:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2:
-            raise ValueError(f"X must be 2-d (pool the features first); received shape {X.shape}")
+            raise InvalidArgument(f"X must be 2-d (pool the features first); received shape {X.shape}")
         self._check_X(X, y, min_samples=2)
         y_encoded = self._encode_labels(y, classes)
         self.model_, self.best_params_, self.cv_accuracy_ = _grid_search_svc(
@@ -117,7 +118,7 @@ class BagOfVisualWordsSVM(ClassifierBase):
         descriptor_sets = [sift_descriptors(image, max_keypoints=self.max_keypoints) for image in X]
         pooled = np.concatenate([d for d in descriptor_sets if len(d)] or [np.zeros((0, 128), np.float32)])
         if len(pooled) < self.vocabulary_size:
-            raise ValueError(f"only {len(pooled)} SIFT descriptors in the training images; need at least "
+            raise InvalidArgument(f"only {len(pooled)} SIFT descriptors in the training images; need at least "
                              f"vocabulary_size={self.vocabulary_size} (use larger images or a smaller vocabulary)")
         rng = np.random.default_rng(self.seed)
         if len(pooled) > self.max_descriptors:

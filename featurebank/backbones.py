@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.errors import WeightsError
+from featurebank.errors import InvalidArgument, WeightsError
 
 FeatureFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -54,7 +54,7 @@ def get_backbone(name: str) -> Backbone:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+        raise InvalidArgument(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def available_backbones() -> list[Backbone]:
@@ -91,9 +91,9 @@ def input_size_from_text(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"size must be HEIGHTxWIDTH such as 512x384; received {text!r}") from None
+        raise InvalidArgument(f"size must be HEIGHTxWIDTH such as 512x384; received {text!r}") from None
     if height < 32 or width < 32:
-        raise ValueError(f"size must be at least 32x32; received {text!r}")
+        raise InvalidArgument(f"size must be at least 32x32; received {text!r}")
     return height, width
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featurebank.errors import CacheError
+from featurebank.errors import CacheError, InvalidArgument
 
 FORMAT_VERSION = 1
 COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
@@ -124,7 +124,7 @@ def compression_options(compression: str) -> dict:
         import hdf5plugin
 
         return dict(hdf5plugin.Zstd(clevel=3))
-    raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}; received {compression!r}")
+    raise InvalidArgument(f"compression must be one of {', '.join(COMPRESSIONS)}; received {compression!r}")
 
 
 class FeatureStore:

@@ -23,3 +23,7 @@ class WeightsError(FeaturebankError):
 
 class ModelFileError(FeaturebankError):
     """A saved run or model file is missing, incomplete or fails its integrity check."""
+
+
+class InvalidArgument(FeaturebankError, ValueError):
+    """An argument has a value the library cannot use (also a ValueError, for Python callers)."""

@@ -8,6 +8,7 @@ there is something to compute.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -20,9 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.backbones import Backbone, FeatureFunction, get_backbone, weights_identity
+from featurebank.backbones import (
+    Backbone,
+    FeatureFunction,
+    get_backbone,
+    weights_identity,
+)
 from featurebank.cache import FeatureStore, IndexRow, describe_os_error, make_manifest
-from featurebank.errors import CacheError
+from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import ImageDecodeError, load_image
 from featurebank.scan import Sample, Skipped, scan_folder
 from featurebank.splits import DEFAULT_FRACTIONS, assign_splits, balanced_subset
@@ -43,6 +49,7 @@ class ExtractReport:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     classes: list[str] = field(default_factory=list)
+    build_seconds: float = 0.0  # building the backbone (weights loading included), part of ``seconds``
 
     @property
     def images_per_s(self) -> float:
@@ -53,6 +60,7 @@ class ExtractReport:
             "cache_file": self.cache_file, "backbone": self.backbone, "key": self.key, "images": self.images,
             "new": self.new, "cached": self.cached, "skipped": [s.as_dict() for s in self.skipped],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2), "classes": self.classes,
+            "build_seconds": round(self.build_seconds, 3),
         }
 
 
@@ -66,7 +74,7 @@ class Progress:
 
 def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str) -> dict:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; received {dtype!r}")
+        raise InvalidArgument(f"dtype must be one of {', '.join(DTYPES)}; received {dtype!r}")
     return make_manifest(
         backbone=backbone.name, weights=weights_identity(weights, backbone), input_size=input_size,
         preprocessing=backbone.preprocessing, layer=backbone.layer, dtype=dtype,
@@ -131,10 +139,10 @@ def extract(
             stored.setdefault(digest, (shard, row))
         write_index()
 
-    new = 0
+    new, build_seconds = 0, 0.0
     try:
         if todo:
-            new, failures = run_pipeline(
+            new, failures, build_seconds = run_pipeline(
                 todo, build=lambda: spec.build(weights, size, batch_size), store=store, input_size=size,
                 batch_size=batch_size, compression=compression, shard_size=shard_size,
                 decode_workers=decode_workers, progress=progress or Progress(), on_commit=on_commit,
@@ -148,8 +156,19 @@ def extract(
     return ExtractReport(
         cache_file=str(store.index_path), backbone=spec.name, key=store.key, images=in_index,
         new=new, cached=in_index - new, skipped=skipped, seconds=time.perf_counter() - started,
-        classes=scan.classes,
+        classes=scan.classes, build_seconds=build_seconds,
     )
+
+
+def lower_thread_priority() -> None:
+    """Let the calling helper thread yield the CPU to the forward pass (Linux: per-thread nice 10).
+
+    On a machine with few cores, decoding and writing compete with the backbone's compute threads,
+    and a descheduled compute thread stalls a whole operation. The decode window keeps the helpers
+    ahead all the same: decoding needs a few percent of one core at CPU backbone speeds.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def decoded_batches(
@@ -160,7 +179,8 @@ def decoded_batches(
     Files that fail to decode are appended to ``failures`` and left out of the batches.
     """
     window = batch_size * 3
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-decode") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-decode",
+                            initializer=lower_thread_priority) as pool:
         pending: deque = deque()
         source = iter(samples)
         batch_samples: list[Sample] = []
@@ -204,16 +224,17 @@ def run_pipeline(
     progress: Progress,
     on_commit: Callable[[list[tuple[str, str, int]]], None],
 ) -> tuple[int, list[Skipped]]:
-    """Extract ``todo`` into new shards of ``store``; returns (images stored, decode failures).
+    """Extract ``todo`` into new shards of ``store``; returns (images stored, decode failures, build seconds).
 
     On an exception or Ctrl-C, every batch already computed is still committed before it propagates.
     """
     failures: list[Skipped] = []
     workers = decode_workers or max(1, min(8, (os.cpu_count() or 2)))
     writes: queue.Queue = queue.Queue(maxsize=2)
-    state = {"writer": None, "error": None, "stored": 0}
+    state = {"writer": None, "error": None, "stored": 0, "build_seconds": 0.0}
 
     def write_loop() -> None:
+        lower_thread_priority()
         while (item := writes.get()) is not None:
             if state["error"] is not None:
                 continue
@@ -240,7 +261,9 @@ def run_pipeline(
             if state["error"] is not None:
                 break
             if feature_function is None:
+                build_started = time.perf_counter()
                 feature_function = build()
+                state["build_seconds"] = time.perf_counter() - build_started
             writes.put((feature_function(images), batch))
             progress.advance(len(batch))
     finally:
@@ -255,5 +278,5 @@ def run_pipeline(
             state["writer"].abort()
     if state["error"] is not None:
         raise state["error"]
-    return state["stored"], failures
+    return state["stored"], failures, state["build_seconds"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.cache import find_indexes, open_index
-from featurebank.errors import AmbiguousCacheError, CacheError
+from featurebank.errors import AmbiguousCacheError, CacheError, InvalidArgument
 from featurebank.splits import SPLIT_NAMES, balanced_subset
 
 POOLINGS = ("flatten", "avg", "max")
@@ -28,7 +28,7 @@ def pool_features(block: np.ndarray, pooling: str | None) -> np.ndarray:
         return block.max(axis=(1, 2))
     if pooling == "flatten":
         return block.reshape(len(block), -1)
-    raise ValueError(f"pooling must be None or one of {', '.join(POOLINGS)}; received {pooling!r}")
+    raise InvalidArgument(f"pooling must be None or one of {', '.join(POOLINGS)}; received {pooling!r}")
 
 
 class LazyFeatures:
@@ -238,7 +238,7 @@ def load(
     ((534, 2048), (534,))
     """
     if split is not None and split not in SPLIT_NAMES:
-        raise ValueError(f"split must be None or one of {', '.join(SPLIT_NAMES)}; received {split!r}")
+        raise InvalidArgument(f"split must be None or one of {', '.join(SPLIT_NAMES)}; received {split!r}")
     pool_features(np.zeros((1, 1, 1, 1), np.float32), pooling)  # validates pooling
     path = Path(cache).expanduser()
     if not (path.is_file() and path.suffix == ".h5"):

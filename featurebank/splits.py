@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from featurebank.errors import InvalidArgument
+
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 
@@ -29,9 +31,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ValueError(f"split must look like 70/15/15; received {text!r}") from None
+        raise InvalidArgument(f"split must look like 70/15/15; received {text!r}") from None
     if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise ValueError(f"split must be three non-negative numbers train/val/test; received {text!r}")
+        raise InvalidArgument(f"split must be three non-negative numbers train/val/test; received {text!r}")
     total = sum(values)
     return tuple(v / total for v in values)  # type: ignore[return-value]
 

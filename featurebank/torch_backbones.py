@@ -50,7 +50,7 @@ class TorchFeatureFunction:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+            x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device, non_blocking=True)
             x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
             features = self.model.extract_features(x)
             return features.permute(0, 2, 3, 1).float().cpu().numpy()
@@ -70,7 +70,6 @@ def build_lite0(weights: str, input_size: tuple[int, int], batch_size: int) -> F
             raise WeightsError(f"{path}: cannot load as efficientnet-lite0 weights: {exc}") from None
         if [k for k in missing if not k.startswith("_fc")]:
             raise WeightsError(f"{path}: not efficientnet-lite0 weights (missing {missing[:3]}...)")
-    model.set_swish(memory_efficient=False)
     return TorchFeatureFunction(model, mean=LITE0_MEAN, std=LITE0_STD)
 
 

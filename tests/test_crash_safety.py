@@ -1,11 +1,8 @@
 """kill -9 mid-extraction, readers during writes, changed files, damaged caches, full and read-only disks."""
 
-import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -358,14 +358,17 @@ def train_svm(features, cache, pooling, data, image_size, vocabulary_size, backb
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Runs per row.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of each row's first run.")
 @click.option("--quick", is_flag=True, help="64x48 images and 3 epochs: the whole grid in minutes (smoke test).")
+@click.option("--image-size", type=SizeType(), default=None,
+              help="Image size for the CNN and SIFT rows [512x384, the study's]; smaller is much faster on a CPU.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [default: runs/<grid>[-quick]-r<repeats>]; re-running resumes it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def experiments(grid, cache, data, repeats, seed, quick, out_dir, as_json):
+def experiments(grid, cache, data, repeats, seed, quick, image_size, out_dir, as_json):
     """Train every row of GRID, reusing the cache, and write results.csv and results.md (with the study's figures)."""
     from classifiers.experiments import run_grid
 
-    result = run_grid(grid, cache=cache, data=data, repeats=repeats, seed=seed, quick=quick, out_dir=out_dir,
+    result = run_grid(grid, cache=cache, data=data, repeats=repeats, seed=seed, quick=quick, image_size=image_size,
+                      out_dir=out_dir,
                       progress=None if as_json else lambda message: click.echo(message, err=True))
     if as_json:
         echo_json(result)

@@ -17,12 +17,47 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET, machine, subset_folder
 
 import featurebank
+from common import TRASHNET, machine, subset_folder
 from featurebank.backbones import get_backbone
 from featurebank.images import load_image
 from featurebank.scan import scan_folder
+
+
+def measure(data: Path, *, backbone: str, weights: str, batch_size: int, dtype: str = "float32",
+            compression: str = "none", cache: Path | None = None) -> dict:
+    """Backbone-only and full-extract throughput on ``data``, and the no-op re-run, as a dict of figures."""
+    spec = get_backbone(backbone)
+    samples = scan_folder(data).samples
+    # 1. Backbone alone: decode everything first, build the model, warm up, then time the forward passes.
+    images = np.stack([load_image(s.path, spec.input_size) for s in samples])
+    function = spec.build(weights, spec.input_size, batch_size)
+    function(images[:batch_size])
+    started = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        function(images[start : start + batch_size])
+    backbone_seconds = time.perf_counter() - started
+    del images, function
+    # 2. The whole extraction into an empty cache, then 3. the same command again (nothing new).
+    keep = cache is not None
+    cache = cache or Path(tempfile.mkdtemp(prefix="featurebank-bench-"))
+    options = dict(backbone=spec.name, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
+                   compression=compression)
+    first = featurebank.extract(data, **options, rebuild=True)
+    again = featurebank.extract(data, **options)
+    shard_bytes = sum(p.stat().st_size for p in cache.glob(f"{spec.name}-*.shards/*.h5"))
+    backbone_rate = len(samples) / backbone_seconds
+    extract_rate = first.new / first.seconds
+    steady_rate = first.new / (first.seconds - first.build_seconds)
+    if not keep:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"backbone": spec.name, "images": len(samples), "new": first.new, "batch_size": batch_size,
+            "backbone_img_s": backbone_rate, "extract_img_s": extract_rate, "extract_seconds": first.seconds,
+            "build_seconds": first.build_seconds, "ratio": extract_rate / backbone_rate,
+            "ratio_excluding_build": steady_rate / backbone_rate, "noop_seconds": again.seconds,
+            "noop_fraction": again.seconds / first.seconds, "mb_per_image": shard_bytes / max(first.new, 1) / 1e6,
+            "cache": str(cache) if keep else None}
 
 
 def main() -> None:
@@ -34,48 +69,26 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compression", default="none")
-    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: a temporary one)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache folder to keep (default: a temporary one)")
+    parser.add_argument("--report-json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
     data = subset_folder(args.data, args.limit)
-    spec = get_backbone(args.backbone)
-    samples = scan_folder(data).samples
     print(f"machine: {machine()}")
-    print(f"images: {len(samples)} from {args.data}  backbone: {spec.name}  batch: {args.batch_size}  "
+    print(f"data: {args.data} (limit {args.limit})  backbone: {args.backbone}  batch: {args.batch_size}  "
           f"dtype: {args.dtype}  compression: {args.compression}")
-
-    # 1. Backbone alone: decode everything first, build the model, warm up, then time the forward passes.
-    images = np.stack([load_image(s.path, spec.input_size) for s in samples])
-    function = spec.build(args.weights, spec.input_size, args.batch_size)
-    function(images[: args.batch_size])
-    started = time.perf_counter()
-    for start in range(0, len(images), args.batch_size):
-        function(images[start : start + args.batch_size])
-    backbone_seconds = time.perf_counter() - started
-    backbone_rate = len(images) / backbone_seconds
-    del images, function
-    print(f"backbone only:  {backbone_rate:8.2f} img/s  ({backbone_seconds:.1f} s)")
-
-    # 2. The whole extraction into an empty cache, then 3. the same command again (nothing new).
-    cache = args.cache or Path(tempfile.mkdtemp(prefix="featurebank-bench-"))
-    options = dict(backbone=spec.name, cache=cache, weights=args.weights, batch_size=args.batch_size,
-                   dtype=args.dtype, compression=args.compression, rebuild=True)
-    first = featurebank.extract(data, **options)
-    extract_rate = first.new / first.seconds
-    print(f"full extract:   {extract_rate:8.2f} img/s  ({first.seconds:.1f} s, {first.new} new, model build included)")
-    steady_rate = first.new / (first.seconds - first.build_seconds)
-    print(f"ratio extract / backbone: {extract_rate / backbone_rate:.3f}  "
-          f"(excluding the {first.build_seconds:.1f} s model build: {steady_rate / backbone_rate:.3f})")
-    again = featurebank.extract(data, **{**options, "rebuild": False})
-    print(f"no-op re-run:   {again.seconds:.2f} s = {again.seconds / first.seconds:.4f} of the first run "
-          f"({again.new} new, {again.cached} cached)")
-    shard_bytes = sum(p.stat().st_size for p in cache.glob("*.shards/*.h5"))
-    print(f"stored: {shard_bytes / first.new / 1e6:.3f} MB per image")
-    print(json.dumps({"backbone_img_s": backbone_rate, "extract_img_s": extract_rate,
-                      "ratio": extract_rate / backbone_rate, "ratio_excluding_build": steady_rate / backbone_rate,
-                      "noop_fraction": again.seconds / first.seconds}))
-    if args.cache is None:
-        shutil.rmtree(cache, ignore_errors=True)
+    f = measure(data, backbone=args.backbone, weights=args.weights, batch_size=args.batch_size, dtype=args.dtype,
+                compression=args.compression, cache=args.cache)
+    print(f"images: {f['images']} ({f['new']} distinct)")
+    print(f"backbone only:  {f['backbone_img_s']:8.2f} img/s")
+    print(f"full extract:   {f['extract_img_s']:8.2f} img/s  ({f['extract_seconds']:.1f} s, model build "
+          f"{f['build_seconds']:.1f} s included)")
+    print(f"ratio extract / backbone: {f['ratio']:.3f}  (excluding the model build: {f['ratio_excluding_build']:.3f})")
+    print(f"no-op re-run:   {f['noop_seconds']:.2f} s = {f['noop_fraction']:.4f} of the first run")
+    print(f"stored: {f['mb_per_image']:.3f} MB per image")
+    print(json.dumps(f))
+    if args.report_json:
+        args.report_json.write_text(json.dumps(f, indent=2))
 
 
 if __name__ == "__main__":

@@ -69,17 +69,21 @@ COLUMNS = ["row_id", "model_type", "tuning", "parameter_selection", "test_loss_m
            "test_accuracy_mean", "test_accuracy_std", "repeats", "study_test_accuracy", "seconds", "run_dir"]
 
 
-def run_row(row: Row, *, cache, data, repeats: int, seed: int, quick: bool, runs_dir: Path) -> dict:
+def run_row(row: Row, *, cache, data, repeats: int, seed: int, quick: bool, runs_dir: Path,
+            image_size=None) -> dict:
     options = dict(row.options)
     common = dict(cache=cache, seed=seed, repeats=repeats, runs_dir=runs_dir, name=row.row_id)
+    sized = {"image_size": tuple(image_size)} if image_size else {}
     if row.job == "cnn":
         extra = {k: QUICK[k] for k in ("image_size", "epochs", "start_from_epoch")} if quick else {}
-        return jobs.train_cnn(data=data, **common, **options, **extra)
+        return jobs.train_cnn(data=data, **common, **options, **{**extra, **sized})
     if row.job == "head":
         extra = {k: QUICK[k] for k in ("epochs", "start_from_epoch")} if quick else {}
         return jobs.train_head(**common, **options, **extra)
     extra = {k: QUICK[k] for k in ("image_size", "vocabulary_size")} if quick else {}
-    return jobs.train_svm(data=data, **common, **options, **extra)
+    if options.get("features") != "classic":
+        sized = {}
+    return jobs.train_svm(data=data, **common, **options, **{**extra, **sized})
 
 
 def read_results(path: Path) -> dict[str, dict]:
@@ -117,14 +121,18 @@ def write_results(out_dir: Path, grid: str, rows: list[Row], results: dict[str, 
 
 
 def run_grid(grid: str, *, cache="cache", data=None, repeats: int = 3, seed: int = 0, quick: bool = False,
-             out_dir=None, progress=None) -> dict:
-    """Run every row of ``grid`` not yet in ``out_dir/results.csv``; rows finished earlier are kept (resumable)."""
+             image_size=None, out_dir=None, progress=None) -> dict:
+    """Run every row of ``grid`` not yet in ``out_dir/results.csv``; rows finished earlier are kept (resumable).
+
+    ``image_size`` (H, W) overrides the size of images for CNN and SIFT rows (the study: 512x384).
+    """
     if grid not in GRIDS:
         raise InvalidArgument(f"grid must be one of {', '.join(GRIDS)}; received {grid!r}")
     rows = GRIDS[grid]
     out_dir = Path(out_dir or f"runs/{grid}{'-quick' if quick else ''}-r{repeats}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"grid": grid, "repeats": repeats, "seed": seed, "quick": quick, "cache": str(cache)}
+    settings = {"grid": grid, "repeats": repeats, "seed": seed, "quick": quick, "cache": str(cache),
+                "image_size": list(image_size) if image_size else None}
     settings_file = out_dir / "grid.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
         raise InvalidArgument(f"{out_dir}: holds a grid run with other settings ({settings_file}); choose another --out")
@@ -137,7 +145,7 @@ def run_grid(grid: str, *, cache="cache", data=None, repeats: int = 3, seed: int
             progress(f"{row.row_id}: training ({repeats} repeat{'s' if repeats > 1 else ''})")
         started = time.perf_counter()
         outcome = run_row(row, cache=cache, data=data, repeats=repeats, seed=seed, quick=quick,
-                          runs_dir=out_dir / "rows")
+                          runs_dir=out_dir / "rows", image_size=image_size)
         runs = outcome.get("runs", [outcome])
         accuracies = [r["test_accuracy"] for r in runs]
         losses = [r["test_loss"] for r in runs]

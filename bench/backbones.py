@@ -1,0 +1,42 @@
+"""Extraction throughput of every backbone (img/s, and as a fraction of the backbone alone), one run.
+
+    python bench/backbones.py [--limit 96] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+from common import TRASHNET, machine, subset_folder
+from extract_throughput import measure
+from featurebank.backbones import available_backbones
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=TRASHNET)
+    parser.add_argument("--limit", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    data = subset_folder(args.data, args.limit)
+    print(f"machine: {machine()}   images: about {args.limit} from {args.data}   weights: random (none) for "
+          "Keras backbones, packaged ImageNet weights for efficientnet-lite0")
+    print(f"{'backbone':<20}{'backbone img/s':>16}{'extract img/s':>15}{'ratio':>8}{'ratio w/o build':>17}{'MB/img':>8}")
+    rows = []
+    for spec in available_backbones():
+        if spec.requires and importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            print(f"{spec.name:<20} skipped: pip install -e '.[{spec.requires}]'")
+            continue
+        weights = "imagenet" if spec.requires else "none"
+        f = measure(data, backbone=spec.name, weights=weights, batch_size=args.batch_size)
+        rows.append(f)
+        print(f"{spec.name:<20}{f['backbone_img_s']:>16.2f}{f['extract_img_s']:>15.2f}{f['ratio']:>8.3f}"
+              f"{f['ratio_excluding_build']:>17.3f}{f['mb_per_image']:>8.3f}", flush=True)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

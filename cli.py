@@ -25,32 +25,40 @@ class FriendlyGroup(click.Group):
             sys.exit(130)
 
 
-class SizeType(click.ParamType):
-    name = "HxW"
+class ParsedType(click.ParamType):
+    """A click type whose value is parsed by a library function that raises ValueError with the reason."""
+
+    def __init__(self, name: str, parse):
+        self.name = name
+        self.parse = parse
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        from featurebank.backbones import input_size_from_text
-
         try:
-            return input_size_from_text(value)
+            return self.parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class FractionsType(click.ParamType):
-    name = "TRAIN/VAL/TEST"
+def _size(text: str):
+    from featurebank.backbones import input_size_from_text
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        from featurebank.splits import parse_fractions
+    return input_size_from_text(text)
 
-        try:
-            return parse_fractions(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+
+def _fractions(text: str):
+    from featurebank.splits import parse_fractions
+
+    return parse_fractions(text)
+
+
+def SizeType() -> ParsedType:  # noqa: N802 (reads like a click type)
+    return ParsedType("HxW", _size)
+
+
+def FractionsType() -> ParsedType:  # noqa: N802
+    return ParsedType("TRAIN/VAL/TEST", _fractions)
 
 
 def echo_json(payload: dict) -> None:

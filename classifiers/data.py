@@ -27,7 +27,14 @@ class SplitData:
 
 
 def memory_budget() -> int:
-    """Half of the memory available now: the default limit before features are streamed from disk."""
+    """Half of the memory available now (page cache counts as available): the limit before streaming from disk."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError):

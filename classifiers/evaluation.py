@@ -43,8 +43,8 @@ def _pyplot():
     return plt
 
 
-def plot_curves(history: dict, path: Path, title: str = "") -> None:
-    """Train vs validation accuracy and loss per epoch, as in the study's figures."""
+def plot_curves(history: dict, path: Path, title: str = "", best_epoch: int | None = None) -> None:
+    """Train vs validation accuracy and loss per epoch, as in the study's figures; the kept epoch dashed."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -53,6 +53,8 @@ def plot_curves(history: dict, path: Path, title: str = "") -> None:
             ax.plot(epochs, history[metric], label=f"train {metric}")
         if f"val_{metric}" in history:
             ax.plot(epochs, history[f"val_{metric}"], label=f"val {metric}")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

@@ -54,7 +54,7 @@ def finish_run(run_dir: Path, *, estimator, X_test, y_test, classes: list[str], 
     history = getattr(estimator, "history_", None)
     if history:
         write_json(run_dir / "history.json", history)
-        plot_curves(history, run_dir / "curves.png", title)
+        plot_curves(history, run_dir / "curves.png", title, getattr(estimator, "best_epoch_", None))
         metrics["epochs_run"] = len(history["loss"])
         metrics["best_epoch"] = getattr(estimator, "best_epoch_", None)
     plot_confusion(metrics["confusion_matrix"], classes, run_dir / "confusion.png", title)

@@ -1,6 +1,7 @@
 """Dense heads: the estimator on arrays, and train-head / predict end to end on a real cache."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +89,20 @@ def test_cli_train_head_repeats_then_predict(small_cache, tmp_path):
 
     result = runner.invoke(main, ["predict", "--model", summary["run_dir"], str(images[0])])
     assert result.exit_code != 0 and "holds 3 repeats" in result.output
+
+
+def test_tampered_or_missing_model_is_refused(small_cache, tmp_path):
+    from classifiers.predict import predict_images
+    from featurebank.errors import ModelFileError
+
+    result = train_head(small_cache["cache"], optimizer="adam", pooling="avg", epochs=2, runs_dir=tmp_path)
+    run_dir = Path(result["run_dir"])
+    image = next((small_cache["data"] / "glass").glob("*.jpg"))
+    assert predict_images(run_dir, [image])["predictions"][0]["class"] in featurebank.load(small_cache["cache"]).classes
+    with open(run_dir / "model.keras", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelFileError, match="modified after training"):
+        predict_images(run_dir, [image])
+    (run_dir / "model.keras").unlink()
+    with pytest.raises(ModelFileError, match="missing"):
+        predict_images(run_dir, [image])

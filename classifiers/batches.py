@@ -49,9 +49,15 @@ def make_batches(X, y, *, batch_size: int, shuffle: bool, seed: int):
 
 
 def predict_in_batches(model, X, batch_size: int) -> np.ndarray:
-    """``model.predict_on_batch`` over X in order, one batch in memory at a time."""
-    outputs = [
-        np.asarray(model.predict_on_batch(read_rows(X, np.arange(start, min(start + batch_size, len(X))))))
-        for start in range(0, len(X), batch_size)
-    ]
+    """``model.predict_on_batch`` over X in order, one batch in memory at a time.
+
+    Every batch has the same shape (the last is padded) so the predict function is traced once.
+    """
+    outputs = []
+    for start in range(0, len(X), batch_size):
+        rows = read_rows(X, np.arange(start, min(start + batch_size, len(X))))
+        count = len(rows)
+        if count < batch_size:
+            rows = np.concatenate([rows, np.zeros((batch_size - count, *rows.shape[1:]), rows.dtype)])
+        outputs.append(np.asarray(model.predict_on_batch(rows))[:count])
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)

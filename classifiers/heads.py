@@ -140,4 +140,4 @@ class DenseHead(ClassifierBase):
         self._check_fitted()
         if tuple(X.shape[1:]) != self.n_features_in_:
             raise InvalidArgument(f"X rows have shape {tuple(X.shape[1:])}; this head was fitted on {self.n_features_in_}")
-        return predict_in_batches(self.model_, X, max(self.batch_size, 256))
+        return predict_in_batches(self.model_, X, max(1, min(max(self.batch_size, 256), len(X))))

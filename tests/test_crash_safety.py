@@ -13,7 +13,7 @@ import pytest
 import featurebank
 from featurebank.errors import CacheError
 
-SIZE = "160x128"  # big enough that extraction lasts a few seconds, small enough for CI
+SIZE = "256x192"  # big enough that extraction lasts a few seconds, small enough for CI
 
 
 def extract_command(data, cache, *extra):
@@ -21,12 +21,17 @@ def extract_command(data, cache, *extra):
             "--shard-size", "4", "--data", str(data), "--cache", str(cache), "--quiet", *extra]
 
 
-def wait_for_first_shard(cache: Path, process, timeout=120) -> bool:
+def committed_shards(cache: Path) -> int:
+    return sum(1 for p in cache.glob("*.shards/*.h5") if not p.name.startswith("."))
+
+
+def wait_for_new_shard(cache: Path, process, before: int, timeout=120) -> bool:
+    """Wait until the running extraction commits a shard beyond the ``before`` that existed."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
-        if any(p for p in cache.glob("*.shards/*.h5") if not p.name.startswith(".")):
+        if committed_shards(cache) > before:
             return True
-        time.sleep(0.02)
+        time.sleep(0.01)
     return False
 
 
@@ -51,17 +56,18 @@ def test_kill_9_at_random_moments_loses_nothing_committed(tmp_path, make_images)
     cache = tmp_path / "cache"
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(3):
+    for _ in range(3):  # each run commits at least one shard (4 of 48 images) before it is killed
+        before = committed_shards(cache)
         process = subprocess.Popen(extract_command(data, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if wait_for_first_shard(cache, process) or attempt > 0:
-            time.sleep(rng.uniform(0.0, 1.5))
+        if wait_for_new_shard(cache, process, before):
+            time.sleep(rng.uniform(0.0, 0.3))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait()
         if list(cache.glob("*.h5")):
             check_consistent(cache)  # a killed run leaves a cache that opens and loads
-    assert kills >= 1
+    assert kills >= 2
     subprocess.run(extract_command(data, cache), check=True, timeout=300)
     final = check_consistent(cache, 48)
     order = {p: i for i, p in enumerate(expected.paths)}

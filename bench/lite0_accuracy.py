@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     report = featurebank.extract(subset_folder(args.data, args.limit), backbone="efficientnet-lite0", cache=args.cache,
-                                 weights="imagenet")
+                                 weights="imagenet", dtype="float32", compression="none")
     print(f"extract: {report.new} new, {report.cached} cached in {report.seconds:.1f} s "
           f"({report.images_per_s:.2f} img/s)")
     fb = featurebank.load(cache=args.cache, backbone="efficientnet-lite0", dtype="float32", lazy=True)

@@ -173,6 +173,7 @@ def test_full_disk_gives_one_clear_error_and_keeps_committed_shards(tiny_filesys
     data = tmp_path / "data"
     make_images(data, 20)  # 120 images × 32 KiB of float32 features: more than 3 MiB
     done = subprocess.run(["featurebank", "extract", "--weights", "none", "--input-size", "64x64", "--shard-size", "8",
+                           "--dtype", "float32", "--compression", "none",
                            "--data", str(data), "--cache", str(tiny_filesystem / "cache"), "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1

@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=TRASHNET)
     parser.add_argument("--limit", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--only", nargs="*", default=None, help="measure only these backbones")
     args = parser.parse_args()
     data = subset_folder(args.data, args.limit)
     print(f"machine: {machine()}   images: about {args.limit} from {args.data}   weights: random (none) for "
@@ -28,6 +29,8 @@ def main() -> None:
           f"{'MB/img':>8}")
     rows = []
     for spec in available_backbones():
+        if args.only and spec.name not in args.only:
+            continue
         if spec.requires and importlib.util.find_spec("efficientnet_lite_pytorch") is None:
             print(f"{spec.name:<20} skipped: pip install -e '.[{spec.requires}]'")
             continue

@@ -104,7 +104,7 @@ def write_results(out_dir: Path, grid: str, rows: list[Row], results: dict[str, 
                 writer.writerow({k: results[row.row_id].get(k, "") for k in COLUMNS})
     tmp.replace(out_dir / "results.csv")
     lines = [f"# {grid}", "",
-             "| model type | tuning | parameter selection | test loss | test accuracy (ours, mean ± std) | study's test accuracy | curves |",
+             "| model type | tuning | parameter selection | test loss | test accuracy (ours, mean ± std) | study's test accuracy | figure |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         result = results.get(row.row_id)
@@ -113,8 +113,9 @@ def write_results(out_dir: Path, grid: str, rows: list[Row], results: dict[str, 
             continue
         acc = f"{100 * float(result['test_accuracy_mean']):.1f}% ± {100 * float(result['test_accuracy_std']):.1f}"
         loss = f"{float(result['test_loss_mean']):.3f} ± {float(result['test_loss_std']):.3f}"
-        curves = sorted(Path(result["run_dir"]).glob("**/curves.png"))
-        link = f"[curves]({curves[0].relative_to(out_dir)})" if curves else ""
+        figures = sorted(Path(result["run_dir"]).glob("**/curves.png")) or sorted(
+            Path(result["run_dir"]).glob("**/confusion.png"))  # SVMs have no epochs, so no curves
+        link = f"[{figures[0].stem}]({figures[0].relative_to(out_dir)})" if figures else ""
         lines.append(f"| {row.model_type} | {row.tuning} | {row.parameter_selection} | {loss} | {acc} "
                      f"(n={result['repeats']}) | {row.study} | {link} |")
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")

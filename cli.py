@@ -108,9 +108,9 @@ def main() -> None:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float32", "float16"]),
               help="Stored precision; float16 halves the size and changed no accuracy we measured (BENCHMARKS.md).")
-@click.option("--compression", default="zstd", show_default=True,
+@click.option("--compression", default="none", show_default=True,
               type=click.Choice(["none", "lzf", "gzip", "zstd"]),
-              help="Lossless HDF5 compression of stored features (zstd: ReLU maps are mostly zeros).")
+              help="Lossless HDF5 compression; zstd stores sparse ReLU maps in ~1/10 the bytes (one writer thread).")
 @click.option("--input-size", type=SizeType(), default=None, help="Resize images to HxW [backbone default: 512x384].")
 @click.option("--split", "split_fractions", type=FractionsType(), default="70/15/15", show_default=True,
               help="Train/val/test proportions.")

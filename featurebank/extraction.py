@@ -94,7 +94,7 @@ def extract(
     split_seed: int = 0,
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     balanced: int | None = None,
-    compression: str = "zstd",
+    compression: str = "none",
     shard_size: int = 256,
     decode_workers: int | None = None,
     rebuild: bool = False,

@@ -102,7 +102,8 @@ def test_cli_extract_efficientnet_lite0_offline(tmp_path, make_images):
     assert "torch" in fb.manifest["versions"]
     path = tmp_path / "data" / fb.paths[0]
     direct = get_backbone("efficientnet-lite0").build("imagenet", (128, 96), 1)(load_image(path, (128, 96))[None])
-    np.testing.assert_allclose(fb.X[0], direct[0], rtol=1e-4, atol=1e-4)  # batch of 16 vs 1
+    expected = direct[0].astype(np.float16).astype(np.float32)  # stored as float16 by default
+    np.testing.assert_allclose(fb.X[0], expected, rtol=2e-3, atol=2e-3)  # and a batch of 12 vs 1
 
 
 def test_demo_runs_offline_on_a_generated_sample(tmp_path):

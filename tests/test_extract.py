@@ -45,7 +45,7 @@ def test_issue_acceptance_full_size_resnet50(tmp_path, make_images):
 
     fb = featurebank.load(cache=cache, backbone="resnet50")
     assert fb.X.shape == (12, 16, 12, 2048) and fb.X.dtype == np.float32
-    assert fb.manifest["dtype"] == "float16"  # stored as float16 + zstd by default, loaded as float32
+    assert fb.manifest["dtype"] == "float16"  # stored as float16 by default, loaded as float32
     assert fb.y.shape == (12,) and len(fb.classes) == 6
 
     make_images(data, 1, size=(512, 384), start=10, classes=["glass", "metal", "trash"])

@@ -35,16 +35,16 @@ def measure(data: Path, *, backbone: str, weights: str, batch_size: int, dtype: 
     #    included, as extract pays them) and then a warm pass over the same images.
     images = np.stack([load_image(s.path, spec.input_size) for s in samples])
 
-    def one_pass(function) -> None:
-        for start in range(0, len(images), batch_size):
-            function(images[start : start + batch_size])
+    def one_pass(function, pixels: np.ndarray) -> None:
+        for start in range(0, len(pixels), batch_size):
+            function(pixels[start : start + batch_size])
 
     started = time.perf_counter()
     function = spec.build(weights, spec.input_size, batch_size)
-    one_pass(function)
+    one_pass(function, images)
     cold_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    one_pass(function)
+    one_pass(function, images)
     backbone_seconds = time.perf_counter() - started
     del images, function
     # 2. The whole extraction into an empty cache, then 3. the same command again (nothing new).

@@ -26,6 +26,14 @@ class ClassifierBase(ClassifierMixin, BaseEstimator):
         except KeyError as exc:
             raise InvalidArgument(f"y has label {exc.args[0]!r} that is not in classes {self.classes_.tolist()}") from None
 
+    def _encode_more(self, y) -> np.ndarray:
+        """Encode labels (e.g. the validation split's) with the ``classes_`` learned at fit."""
+        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+        unknown = sorted(set(np.asarray(y).tolist()) - set(lookup))
+        if unknown:
+            raise InvalidArgument(f"labels {unknown} are not among the training classes {self.classes_.tolist()}")
+        return np.array([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
+
     @staticmethod
     def _check_X(X, y=None, *, min_samples: int = 1) -> None:
         if len(X) < min_samples:

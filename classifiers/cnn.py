@@ -100,10 +100,6 @@ class CNNClassifier(ClassifierBase):
     def _images(self, X):
         return X if isinstance(X, np.ndarray) else ImageFiles(X, tuple(self.image_size))
 
-    def _encode_more(self, y) -> np.ndarray:
-        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
-        return np.array([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
-
     def fit(self, X, y, *, validation_data=None, classes=None) -> CNNClassifier:
         """Train on images X (array or paths) and labels y; early-stop on ``validation_data`` loss."""
         keras = import_keras()

@@ -93,13 +93,6 @@ class DenseHead(ClassifierBase):
         self.seed = seed
         self.verbose = verbose
 
-    def _encode_more(self, y) -> np.ndarray:
-        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
-        unknown = sorted(set(np.asarray(y).tolist()) - set(lookup))
-        if unknown:
-            raise InvalidArgument(f"validation labels {unknown} are not among the training classes {self.classes_.tolist()}")
-        return np.array([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
-
     def build_model(self, input_shape: tuple[int, ...], n_classes: int):
         import keras
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common import TRASHNET, machine, subset_folder
 from extract_throughput import measure
+
 from featurebank.backbones import available_backbones
 
 

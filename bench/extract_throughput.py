@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import TRASHNET, machine, subset_folder
 
 import featurebank
-from common import TRASHNET, machine, subset_folder
 from featurebank.backbones import get_backbone
 from featurebank.images import load_image
 from featurebank.scan import scan_folder

@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import TRASHNET, machine
+
 import featurebank
 from classifiers.jobs import train_head
-from common import TRASHNET, machine
 
 
 def main() -> None:

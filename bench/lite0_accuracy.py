@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import TRASHNET, machine, subset_folder
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 import featurebank
 from classifiers import DenseHead
 from classifiers.svm import FeatureSVM
-from common import TRASHNET, machine, subset_folder
 from featurebank.cache import ShardWriter
 from featurebank.splits import balanced_subset
 

@@ -15,8 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from classifiers.experiments import GRIDS, run_grid
 from common import machine
+
+from classifiers.experiments import GRIDS, run_grid
 from featurebank.backbones import input_size_from_text
 
 

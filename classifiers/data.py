@@ -56,13 +56,14 @@ def load_splits(cache="cache", backbone: str = "resnet50", *, pooling: str = "fl
         stream = everything.X.shape[0] * int(np.prod(everything.X.shape[1:])) * 4 > memory_budget()
     splits = {}
     for name in SPLIT_NAMES:
-        part = featurebank.load(path, split=name, pooling=load_pooling, balanced=balanced, lazy=stream)
-        if len(part) == 0:
+        positions = np.flatnonzero(everything.split == name)
+        view = everything.X.subset(positions)
+        if len(positions) == 0:
             raise CacheError(
                 f"{path}: the {name!r} split has no images ({len(everything)} images in the cache, split "
                 f"{everything.attrs.get('split_fractions')}); extract more images or choose other --split fractions"
             )
-        splits[name] = (part.X, part.y)
+        splits[name] = (view if stream else np.asarray(view), everything.y[positions])
     everything.X.close()
     return SplitData(splits=splits, classes=everything.classes, key=everything.key, cache_file=str(path),
                      manifest=everything.manifest, attrs=everything.attrs, feature_pooling=load_pooling,

@@ -12,11 +12,11 @@ from classifiers.heads import DenseHead
 from classifiers.runs import (
     finish_run,
     new_run_dir,
-    sha256_of,
     summarize_repeats,
     write_json,
 )
 from featurebank.images import decode_many
+from featurebank.scan import file_sha256
 
 
 def run_repeats(runs_dir, label: str, repeats: int, seed: int, train_one: Callable[[int, Path], dict]) -> dict:
@@ -59,7 +59,7 @@ def train_head(cache="cache", backbone: str = "resnet50", *, optimizer: str = "r
         head.fit(X_train, y_train, validation_data=(X_val, y_val), classes=list(range(len(data.classes))))
         head.model_.save(folder / "model.keras")
         config = {
-            "kind": "dense_head", "model_file": "model.keras", "model_sha256": sha256_of(folder / "model.keras"),
+            "kind": "dense_head", "model_file": "model.keras", "model_sha256": file_sha256(folder / "model.keras"),
             "backbone": data.manifest["backbone"], "cache_key": data.key, "cache_file": data.cache_file,
             "manifest": data.manifest, "weights_source": data.attrs.get("weights_source"),
             "feature_pooling": data.feature_pooling, "head": {**params, "pooling": pooling, "seed": run_seed},
@@ -102,7 +102,7 @@ def train_cnn(cache="cache", backbone: str = "resnet50", *, variant: str = "funn
         model.fit(X_train, y_train, validation_data=(X_val, y_val), classes=list(range(len(images.classes))))
         model.model_.save(folder / "model.keras")
         config = {
-            "kind": "cnn", "model_file": "model.keras", "model_sha256": sha256_of(folder / "model.keras"),
+            "kind": "cnn", "model_file": "model.keras", "model_sha256": file_sha256(folder / "model.keras"),
             "cache_key": images.key, "cache_file": images.cache_file, "data_root": images.data_root,
             "cnn": {**params, "variant": variant, "image_size": list(image_size), "augment": augment,
                     "seed": run_seed, "parameters": int(model.model_.count_params())},
@@ -152,7 +152,7 @@ def train_svm(cache="cache", *, features: str = "resnet50", pooling: str = "avg"
         y_fit = np.concatenate([y_train, splits["val"][1]])
         model.fit(X_fit, y_fit, classes=list(range(len(classes))))
         joblib.dump(model, folder / "model.joblib")
-        digest = sha256_of(folder / "model.joblib")
+        digest = file_sha256(folder / "model.joblib")
         config = {"kind": "svm", "model_file": "model.joblib", "model_sha256": digest, "cache_key": cache_key,
                   "cache_file": cache_file, "svm": {**description, "seed": run_seed, **model.best_params_},
                   "cv_accuracy": model.cv_accuracy_, "balanced": balanced, "skipped": skipped,

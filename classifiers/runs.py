@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 
 from classifiers.evaluation import classification_metrics, plot_confusion, plot_curves
 from featurebank.errors import ModelFileError
+from featurebank.scan import file_sha256
 
 RUN_FILE = "run.json"
 
@@ -38,14 +38,6 @@ def _json_default(value):
     return str(value)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def finish_run(run_dir: Path, *, estimator, X_test, y_test, classes: list[str], config: dict, title: str) -> dict:
     """Evaluate on the test split and write history.json, metrics.json, curves.png, confusion.png, run.json."""
     proba = estimator.predict_proba(X_test)
@@ -69,7 +61,7 @@ def verify_file(path: Path, expected_sha256: str | None) -> None:
         raise ModelFileError(f"{path}: model file is missing")
     if not expected_sha256:
         raise ModelFileError(f"{path}: no sha256 recorded for this model file; refusing to load it")
-    if sha256_of(path) != expected_sha256:
+    if file_sha256(path) != expected_sha256:
         raise ModelFileError(f"{path}: model file was modified after training (sha256 differs from run.json); refusing to load it")
 
 

@@ -8,7 +8,6 @@ Keras is imported only when a backbone is built, so scanning and cache look-ups 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.errors import InvalidArgument, WeightsError
+from featurebank.scan import file_sha256  # noqa: F401  (re-exported for backbone modules)
 
 FeatureFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -65,14 +65,6 @@ def available_backbones() -> list[Backbone]:
 def _load_optional_backbones() -> None:
     # Registered in their own module so that its imports stay out of the common path.
     from featurebank import torch_backbones  # noqa: F401
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_identity(weights: str, backbone: Backbone) -> str:

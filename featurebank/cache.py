@@ -137,6 +137,7 @@ class FeatureStore:
         self.name = f"{manifest['backbone']}-{self.key[:12]}"
         self.index_path = self.cache_dir / f"{self.name}.h5"
         self.shard_dir = self.cache_dir / f"{self.name}.shards"
+        self._shard_shape_cache: dict[str, tuple[int, ...]] = {}  # shards never change once written
 
     # -- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -232,11 +233,10 @@ class FeatureStore:
                 fh.attrs[name] = value if not isinstance(value, (dict, list)) else json.dumps(value)
 
     def _shard_shapes(self, names) -> dict[str, tuple[int, ...]]:
-        shapes = {}
-        for name in sorted(names):
+        for name in sorted(set(names) - set(self._shard_shape_cache)):
             with h5py.File(self.shard_dir / name, "r") as fh:
-                shapes[name] = fh["features"].shape
-        return shapes
+                self._shard_shape_cache[name] = fh["features"].shape
+        return {name: self._shard_shape_cache[name] for name in names}
 
 
 def _contiguous_runs(rows: list[IndexRow]):

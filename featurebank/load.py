@@ -51,6 +51,14 @@ class LazyFeatures:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def subset(self, positions) -> LazyFeatures:
+        """A view of some of these rows (positions into this view), sharing nothing open."""
+        view = object.__new__(LazyFeatures)
+        view.__dict__.update(self.__getstate__())
+        view.rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        view.shape = (len(view.rows), *self.shape[1:])
+        return view
+
     def _dataset(self):
         if self._file is None:
             self._file = open_index(self.index_path)

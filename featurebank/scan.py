@@ -75,6 +75,11 @@ def hash_file(path: Path, chunk_size: int = 1 << 20) -> tuple[str, bytes]:
     return digest.hexdigest(), header
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes (images, weights files, saved models)."""
+    return hash_file(Path(path))[0]
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in {"Thumbs.db", "desktop.ini", "__MACOSX"}
 

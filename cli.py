@@ -9,7 +9,11 @@ import sys
 import click
 
 import featurebank
+from classifiers.options import DEFAULT_HEAD, GRID_NAMES, HEADS, OPTIMIZERS, VARIANTS
+from featurebank.cache import COMPRESSIONS, DTYPES, POOLED, STORES
+from featurebank.embed import AUGMENTS
 from featurebank.errors import FeaturebankError
+from featurebank.load import POOLINGS
 
 
 class FriendlyGroup(click.Group):
@@ -106,11 +110,15 @@ def main() -> None:
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (downloaded by Keras, hash-checked), 'none' (random, for tests) or a local weights file.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float32", "float16"]),
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(DTYPES),
               help="Stored precision; float16 halves the size and changed no accuracy we measured (BENCHMARKS.md).")
-@click.option("--compression", default="none", show_default=True,
-              type=click.Choice(["none", "lzf", "gzip", "zstd"]),
+@click.option("--compression", default="none", show_default=True, type=click.Choice(COMPRESSIONS),
               help="Lossless HDF5 compression; zstd stores sparse ReLU maps in ~1/10 the bytes (one writer thread).")
+@click.option("--store", default="maps", show_default=True, type=click.Choice(STORES),
+              help="maps: feature maps plus pooled avg/max vectors; pooled: the pooled vectors only (~1/100 the bytes).")
+@click.option("--augment", default="none", show_default=True, type=click.Choice(AUGMENTS),
+              help="hflip-mean: store the mean of the image's and its mirror image's features (twice the compute; "
+                   "its own cache key).")
 @click.option("--input-size", type=SizeType(), default=None, help="Resize images to HxW [backbone default: 512x384].")
 @click.option("--split", "split_fractions", type=FractionsType(), default="70/15/15", show_default=True,
               help="Train/val/test proportions.")
@@ -119,13 +127,16 @@ def main() -> None:
 @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1),
               help="Images per shard file; a crash loses at most the shard being written.")
 @click.option("--workers", "decode_workers", type=click.IntRange(1), default=None,
-              help="Decoding threads [default: CPU count, at most 8].")
+              help="Decoding threads [default: one per core, less one for the backbone].")
 @click.option("--rebuild", is_flag=True, help="Delete this cache key's stored features and start over.")
+@click.option("--rehash", is_flag=True, help="Hash every file again instead of trusting the (size, time, inode) memo.")
+@click.option("--verify", is_flag=True, help="Open every shard and set aside damaged ones (their images are recomputed).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 if any file was skipped.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human text goes to stderr.")
-def extract(data, backbone, cache, weights, batch_size, dtype, compression, input_size, split_fractions,
-            split_seed, balanced, shard_size, decode_workers, rebuild, strict, quiet, as_json):
+def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, input_size,
+            split_fractions, split_seed, balanced, shard_size, decode_workers, rebuild, rehash, verify, strict, quiet,
+            as_json):
     """Run the frozen backbone once per image of DATA and store the features in the cache.
 
     Images already in the cache (same bytes, same backbone, weights, size and dtype) are not
@@ -135,8 +146,8 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, inpu
     report = featurebank.extract(
         data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
         input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
-        compression=compression, shard_size=shard_size, decode_workers=decode_workers, rebuild=rebuild,
-        progress=TqdmProgress() if show_progress else None,
+        compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
+        rebuild=rebuild, rehash=rehash, verify=verify, progress=TqdmProgress() if show_progress else None,
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
     if as_json:
@@ -159,7 +170,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, inpu
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def info(cache, as_json):
     """List every cache in CACHE: backbone, weights, dtype, input size, images and bytes on disk."""
-    from featurebank.cache import find_indexes
+    from featurebank.index import find_indexes
     from featurebank.load import describe_index
 
     rows, broken = [], []
@@ -192,7 +203,7 @@ def cache_selection(command):
         click.option("--backbone", default="resnet50", show_default=True, type=click.Choice(backbone_names()),
                      help="Backbone whose cache to use."),
         click.option("--weights", default=None, help="Pick the cache made with these weights, if several."),
-        click.option("--dtype", default=None, type=click.Choice(["float32", "float16"]),
+        click.option("--dtype", default=None, type=click.Choice(DTYPES),
                      help="Pick the cache of this dtype, if several."),
         click.option("--key", default=None, help="Pick a cache by (a prefix of) its key."),
     ]
@@ -204,7 +215,7 @@ def cache_selection(command):
 def training_options(command):
     """Options shared by every Keras training command (the study's defaults)."""
     options = [
-        click.option("--optimizer", default="rmsprop", show_default=True, type=click.Choice(["sgd", "adam", "rmsprop"]),
+        click.option("--optimizer", default="rmsprop", show_default=True, type=click.Choice(OPTIMIZERS),
                      help="Keras optimizer, with Keras' default settings unless --lr is given."),
         click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate [Keras default]."),
         click.option("--epochs", default=40, show_default=True, type=click.IntRange(1), help="Most epochs."),
@@ -247,7 +258,7 @@ def print_training_result(result: dict, as_json: bool) -> None:
 @main.command("train-head", short_help="Train a dense softmax head on cached features.")
 @cache_selection
 @training_options
-@click.option("--pooling", default="flatten", show_default=True, type=click.Choice(["flatten", "avg", "max"]),
+@click.option("--pooling", default="flatten", show_default=True, type=click.Choice(POOLINGS),
               help="flatten = the study's Flatten → Dense; avg/max pool each feature map first.")
 @click.option("--stream/--in-memory", default=None,
               help="Stream features from HDF5 instead of loading them [auto: stream if they exceed half the free RAM].")
@@ -297,7 +308,7 @@ def predict(run_dir, weights, batch_size, as_json, images):
 @cache_selection
 @training_options
 @click.option("--variant", default="funnel-out", show_default=True,
-              type=click.Choice(["funnel-out", "funnel-in", "batchnorm", "l2", "l1", "l1l2", "dropout"]),
+              type=click.Choice(VARIANTS),
               help="The study's architecture (see README).")
 @click.option("--data", default=None, type=click.Path(file_okay=False),
               help="Image folder the cache was built from [default: the one recorded in the cache].")
@@ -327,7 +338,7 @@ def train_cnn(cache, backbone, weights, dtype, key, optimizer, learning_rate, ep
 @click.option("--features", default="resnet50", show_default=True,
               help="A backbone present in --cache (pooled features), or 'classic' (SIFT bag of visual words).")
 @click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder.")
-@click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max"]),
+@click.option("--pooling", default="avg", show_default=True, type=click.Choice(POOLED),
               help="How backbone feature maps become vectors.")
 @click.option("--data", default=None, type=click.Path(file_okay=False),
               help="Image folder, for 'classic' [default: the one recorded in the cache].")
@@ -337,7 +348,7 @@ def train_cnn(cache, backbone, weights, dtype, key, optimizer, learning_rate, ep
 @click.option("--splits-from", "backbone_for_splits", default="resnet50", show_default=True,
               help="For 'classic': the backbone cache whose splits (and images) to use.")
 @click.option("--weights", default=None, help="Pick the cache made with these weights, if several.")
-@click.option("--dtype", default=None, type=click.Choice(["float32", "float16"]), help="Pick the cache of this dtype.")
+@click.option("--dtype", default=None, type=click.Choice(DTYPES), help="Pick the cache of this dtype.")
 @click.option("--key", default=None, help="Pick a cache by (a prefix of) its key.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first run.")
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Runs with seeds seed..seed+N-1.")
@@ -358,9 +369,53 @@ def train_svm(features, cache, pooling, data, image_size, vocabulary_size, backb
     print_training_result(result, as_json)
 
 
+# -- evaluate ----------------------------------------------------------------------------------------------
+@main.command(short_help="Cross-validate heads on cached features (k-fold), with out-of-fold probabilities.")
+@click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder.")
+@click.option("--backbone", default="efficientnet-lite0", show_default=True,
+              help="A backbone's cache, or several joined by content hash: efficientnet-lite0+efficientnet-lite2.")
+@click.option("--head", "heads", multiple=True, type=click.Choice(HEADS),
+              help=f"Head(s) to evaluate; repeat for several [default: {DEFAULT_HEAD}, the best in BENCHMARKS.md].")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2), help="Outer folds.")
+@click.option("--pooling", default="avg+max", show_default=True, type=click.Choice(["avg", "max", "avg+max"]),
+              help="Pooled vectors the heads see (read from the stored pooled side data).")
+@click.option("--balanced", type=click.IntRange(1), default=None, help="Evaluate on N images per class (the study: 127).")
+@click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Leave out the images of an exclusion list (featurebank audit --write-exclude).")
+@click.option("--weights", default=None, help="Pick the cache made with these weights, if several.")
+@click.option("--dtype", default=None, type=click.Choice(DTYPES), help="Pick the cache of this dtype.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Run folders.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def evaluate(cache, backbone, heads, folds, pooling, balanced, exclude, weights, dtype, seed, runs_dir, as_json):
+    """Stratified k-fold CV: per-fold and mean ± std accuracy and macro F1; tuning sees only training folds.
+
+    Writes one run folder per head: summary.json, folds.json, confusion.png and oof_probabilities.csv.
+    """
+    from classifiers.evaluate import evaluate as run
+
+    reports = run(cache, backbone, heads=heads or (DEFAULT_HEAD,), folds=folds, pooling=pooling, seed=seed,
+                  balanced=balanced, weights=weights, dtype=dtype, exclude=exclude, runs_dir=runs_dir)
+    for name, paths in reports[0]["missing"].items():
+        click.echo(f"warning: {len(paths)} images are not in the {name} cache and were left out, e.g. {paths[0]}",
+                   err=True)
+    best = max(reports, key=lambda r: r["accuracy_mean"])
+    if as_json:
+        keys = ("model", "accuracy_mean", "accuracy_std", "folds", "macro_f1_mean", "macro_f1_std", "images",
+                "backbone", "pooling", "run_dir", "missing")
+        echo_json({**{k: best[k] for k in keys}, "results": [{k: r[k] for k in keys} for r in reports]})
+        return
+    for report in reports:
+        folds_text = ", ".join(f"{a:.3f}" for a in report["folds"])
+        click.echo(f"{report['backbone']} {report['pooling']} {report['model']}: accuracy "
+                   f"{report['accuracy_mean']:.4f} ± {report['accuracy_std']:.4f} (folds {folds_text}), macro F1 "
+                   f"{report['macro_f1_mean']:.4f} ± {report['macro_f1_std']:.4f}, {report['images']} images "
+                   f"→ {report['run_dir']}")
+
+
 # -- experiments -------------------------------------------------------------------------------------------
 @main.command(short_help="Run a named grid (the study's Table 1, baselines) over one cache.")
-@click.option("--grid", required=True, type=click.Choice(["seed-table1", "baselines"]), help="Which grid.")
+@click.option("--grid", required=True, type=click.Choice(GRID_NAMES), help="Which grid.")
 @click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder (ResNet50 cache).")
 @click.option("--data", default=None, type=click.Path(file_okay=False),
               help="Image folder [default: the one recorded in the cache].")
@@ -432,4 +487,4 @@ def demo(data, backbone, weights, cache, runs_dir, per_class, input_size, as_jso
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="featurebank")

@@ -49,3 +49,30 @@ class ClassifierBase(ClassifierMixin, BaseEstimator):
         """Most probable class for each row of X."""
         proba = self.predict_proba(X)  # checks that the model is fitted
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+TRANSFORMS = ("none", "sqrt")
+
+
+def transform_features(X, transform: str) -> np.ndarray:
+    """'none', or 'sqrt': sign(x)·sqrt(|x|), then each row scaled to unit L2 norm."""
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise InvalidArgument(f"X must be 2-d (pool the features first); received shape {X.shape}")
+    if transform == "none":
+        return X
+    if transform == "sqrt":
+        X = np.sign(X) * np.sqrt(np.abs(X))
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    raise InvalidArgument(f"transform must be one of {', '.join(TRANSFORMS)}; received {transform!r}")
+
+
+def inner_folds(y: np.ndarray, cv: int, seed: int):
+    """A StratifiedKFold with at most ``cv`` folds and no more than the smallest class allows."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    folds = min(cv, int(counts[counts > 0].min()))
+    if folds < 2:
+        raise InvalidArgument("need at least 2 training images of every class to tune by cross-validation")
+    return StratifiedKFold(folds, shuffle=True, random_state=seed)

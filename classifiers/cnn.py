@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from classifiers.base import ClassifierBase
-from classifiers.heads import OPTIMIZERS, fit_keras_model
+from classifiers.heads import fit_keras_model
+from classifiers.options import OPTIMIZERS, VARIANTS
 from featurebank.errors import InvalidArgument
 from featurebank.quiet import import_keras
 
-VARIANTS = ("funnel-out", "funnel-in", "batchnorm", "l2", "l1", "l1l2", "dropout")
 
 
 def build_cnn(variant: str, input_shape: tuple[int, int, int], n_classes: int, *, augment: bool = False):
@@ -139,9 +138,9 @@ class ImageFiles:
         return len(self.paths)
 
     def read_rows(self, positions) -> np.ndarray:
-        from concurrent.futures import ThreadPoolExecutor
+        from featurebank.images import decode_many
 
-        from featurebank.images import load_image
-
-        with ThreadPoolExecutor(max_workers=min(8, max(1, math.ceil(len(positions) / 8)))) as pool:
-            return np.stack(list(pool.map(lambda i: load_image(self.paths[i], self.image_size), positions)))
+        images, kept, failures = decode_many([self.paths[i] for i in positions], self.image_size)
+        if failures:
+            raise InvalidArgument(f"{failures[0][0]}: {failures[0][1]}")
+        return images

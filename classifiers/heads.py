@@ -6,10 +6,10 @@ import numpy as np
 
 from classifiers.base import ClassifierBase
 from classifiers.batches import make_batches, predict_in_batches
+from classifiers.options import OPTIMIZERS
 from featurebank.errors import InvalidArgument
 from featurebank.quiet import import_keras
 
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 
 def make_optimizer(name: str, learning_rate: float | None):

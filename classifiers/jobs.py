@@ -125,6 +125,7 @@ def train_svm(cache="cache", *, features: str = "resnet50", pooling: str = "avg"
     from classifiers.svm import BagOfVisualWordsSVM, FeatureSVM
 
     skipped: list[dict] = []
+    provenance: dict = {}
     if features == "classic":
         images = load_split_images(cache, backbone_for_splits, data=data, balanced=balanced, weights=weights,
                                    dtype=dtype, key=key)
@@ -137,6 +138,7 @@ def train_svm(cache="cache", *, features: str = "resnet50", pooling: str = "avg"
         splits = {k: (np.asarray(X), y) for k, (X, y) in loaded.splits.items()}
         classes, cache_key, cache_file = loaded.classes, loaded.key, loaded.cache_file
         description = {"features": features, "pooling": pooling}
+        provenance = {"manifest": loaded.manifest, "weights_source": loaded.attrs.get("weights_source")}
     label = name or f"svm-{features}"
     X_train = splits["train"][0]
     y_train = splits["train"][1]
@@ -156,7 +158,7 @@ def train_svm(cache="cache", *, features: str = "resnet50", pooling: str = "avg"
         config = {"kind": "svm", "model_file": "model.joblib", "model_sha256": digest, "cache_key": cache_key,
                   "cache_file": cache_file, "svm": {**description, "seed": run_seed, **model.best_params_},
                   "cv_accuracy": model.cv_accuracy_, "balanced": balanced, "skipped": skipped,
-                  "split_sizes": {k: int(len(v[1])) for k, v in splits.items()}}
+                  "split_sizes": {k: int(len(v[1])) for k, v in splits.items()}, **provenance}
         metrics = finish_run(folder, estimator=model, X_test=X_test, y_test=y_test, classes=classes, config=config,
                              title=f"{label} (seed {run_seed})")
         return {**metrics, "best_params": model.best_params_, "cv_accuracy": model.cv_accuracy_}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifiers.base import ClassifierBase
+from classifiers.base import ClassifierBase, inner_folds, transform_features
 from featurebank.errors import InvalidArgument
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -17,15 +17,13 @@ def _grid_search_svc(X, y, *, C_grid, gamma_grid, cv: int, seed: int):
     Returns (fitted pipeline with predict_proba, best parameters, best CV accuracy).
     """
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    folds = min(cv, int(np.bincount(y)[np.bincount(y) > 0].min()))
-    if folds < 2:
-        raise InvalidArgument("need at least 2 training images of every class to choose C and gamma by cross-validation")
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    splitter = inner_folds(y, cv, seed)
+    folds = splitter.get_n_splits()
     search = GridSearchCV(make_pipeline(StandardScaler(), SVC(kernel="rbf")),
                           {"svc__C": list(C_grid), "svc__gamma": list(gamma_grid)}, cv=splitter, n_jobs=1)
     search.fit(X, y)
@@ -42,6 +40,7 @@ class FeatureSVM(ClassifierBase):
     ----------
     C_grid, gamma_grid : values searched.
     cv : folds of the search (fewer when a class has fewer images).
+    transform : 'none' (the study's baseline) or 'sqrt' (signed square root and L2 norm first).
     seed : seeds the folds and the SVC's probability calibration.
 
     Attributes
@@ -49,16 +48,16 @@ class FeatureSVM(ClassifierBase):
     classes_, model_ (the fitted pipeline), best_params_, cv_accuracy_.
     """
 
-    def __init__(self, *, C_grid=DEFAULT_C_GRID, gamma_grid=DEFAULT_GAMMA_GRID, cv: int = 5, seed: int = 0):
+    def __init__(self, *, C_grid=DEFAULT_C_GRID, gamma_grid=DEFAULT_GAMMA_GRID, cv: int = 5, transform: str = "none",
+                 seed: int = 0):
         self.C_grid = C_grid
         self.gamma_grid = gamma_grid
         self.cv = cv
+        self.transform = transform
         self.seed = seed
 
     def fit(self, X, y, *, classes=None) -> FeatureSVM:
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2:
-            raise InvalidArgument(f"X must be 2-d (pool the features first); received shape {X.shape}")
+        X = transform_features(X, self.transform)
         self._check_X(X, y, min_samples=2)
         y_encoded = self._encode_labels(y, classes)
         self.model_, self.best_params_, self.cv_accuracy_ = _grid_search_svc(
@@ -68,7 +67,7 @@ class FeatureSVM(ClassifierBase):
 
     def predict_proba(self, X) -> np.ndarray:
         self._check_fitted()
-        proba = self.model_.predict_proba(np.asarray(X, dtype=np.float32))
+        proba = self.model_.predict_proba(transform_features(X, self.transform))
         full = np.zeros((len(proba), len(self.classes_)))
         full[:, self.model_.classes_] = proba  # classes absent from training get probability 0
         return full

@@ -34,6 +34,7 @@ class Backbone:
     weights_url: str = ""  # where "imagenet" weights come from, for the offline hint
     weights_values: tuple[str, ...] = ("imagenet", "none")  # besides a local PATH
     requires: str = ""  # pip extra needed, if any
+    library: str = "keras"  # whose version is recorded in the manifest
 
     def output_shape(self, input_size: tuple[int, int] | None = None) -> tuple[int, int, int]:
         height, width = input_size or self.input_size
@@ -223,4 +224,40 @@ VGG16 = _keras_backbone(
     layer="block5_pool (include_top=False)",
     preprocessing="keras.applications.vgg16.preprocess_input (caffe: RGB→BGR, ImageNet mean subtracted)",
     weights_file="vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+)
+
+
+# --- a numpy "backbone" for tests and scale benchmarks ------------------------------------------------------
+
+
+class ColourStatistics:
+    """uint8 (n, H, W, 3) → (n, 1, 1, 8) float32: per-channel mean and std, mean gradient, clipped fraction.
+
+    Not a learned feature: it makes the whole pipeline (decode, cache, load, claims) testable at
+    the speed of decoding, for benchmarks of a million images and for tests without a network.
+    """
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        pixels = images.astype(np.float32) / 255.0
+        grey = pixels.mean(axis=3)
+        gradient = np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))
+        clipped = ((grey < 0.02) | (grey > 0.98)).mean(axis=(1, 2))
+        stats = np.concatenate([pixels.mean(axis=(1, 2)), pixels.std(axis=(1, 2)), gradient[:, None], clipped[:, None]],
+                               axis=1)
+        return stats[:, None, None, :].astype(np.float32)
+
+
+RGB_STATS = register(
+    Backbone(
+        name="rgb-stats",
+        input_size=(64, 48),
+        channels=8,
+        stride=1 << 20,  # one cell whatever the input size
+        layer="colour statistics (mean, std per channel; mean gradient; clipped fraction)",
+        preprocessing="RGB / 255",
+        build=lambda weights, input_size, batch_size: ColourStatistics(),
+        weights_url="(no weights)",
+        weights_values=("none", "imagenet"),
+        library="numpy",
+    )
 )

@@ -1,39 +1,31 @@
-"""The extraction engine: decode images on a thread pool, run the feature function, write shards from a thread.
+"""The extraction engine: claimed work → decoding pool → embedder → writer thread → shards → index.
 
-Decoding, the forward pass and writing overlap: while the backbone runs batch *k*, worker threads
-decode batch *k+1* (Pillow releases the GIL) and the writer thread stores batch *k-1*. Only images
-whose content hash has no stored features are decoded at all, and the backbone is built only when
-there is something to compute.
+Decoding, the forward pass and writing overlap: while the backbone runs batch *k*, the decoding
+pool decodes batch *k+1* (Pillow releases the GIL) and the writer thread stores batch *k-1*. Only
+images whose content hash has no stored features are decoded at all, and the backbone is built
+only when there is something to compute. Work is claimed bucket by bucket (featurebank/claims.py),
+so several processes on one cache compute each image once between them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from featurebank.backbones import (
-    Backbone,
-    FeatureFunction,
-    get_backbone,
-    weights_identity,
-)
-from featurebank.cache import FeatureStore, IndexRow, describe_os_error, make_manifest
+from featurebank.backbones import Backbone, get_backbone, weights_identity
+from featurebank.cache import DTYPES, STORES, describe_os_error, make_manifest
+from featurebank.claims import WorkClaims, bucket_of
+from featurebank.embed import AUGMENTS, Embedder, embed_files
 from featurebank.errors import CacheError, InvalidArgument
-from featurebank.images import ImageDecodeError, load_image
+from featurebank.images import lower_thread_priority
+from featurebank.index import FeatureStore, StoredState
 from featurebank.scan import Sample, Skipped, scan_folder
 from featurebank.splits import DEFAULT_FRACTIONS, assign_splits, balanced_subset
-
-DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -50,6 +42,8 @@ class ExtractReport:
     seconds: float = 0.0
     classes: list[str] = field(default_factory=list)
     build_seconds: float = 0.0  # building the backbone (weights loading included), part of ``seconds``
+    engine: str = "local"
+    workers: int = 1  # processes that computed features in this run (Ray: actors)
 
     @property
     def images_per_s(self) -> float:
@@ -60,7 +54,7 @@ class ExtractReport:
             "cache_file": self.cache_file, "backbone": self.backbone, "key": self.key, "images": self.images,
             "new": self.new, "cached": self.cached, "skipped": [s.as_dict() for s in self.skipped],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2), "classes": self.classes,
-            "build_seconds": round(self.build_seconds, 3),
+            "build_seconds": round(self.build_seconds, 3), "engine": self.engine, "workers": self.workers,
         }
 
 
@@ -72,14 +66,67 @@ class Progress:
     def finish(self) -> None: ...
 
 
-def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str) -> dict:
-    if dtype not in DTYPES:
-        raise InvalidArgument(f"dtype must be one of {', '.join(DTYPES)}; received {dtype!r}")
+def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str, store: str = "maps",
+                     augment: str = "none") -> dict:
+    for name, value, allowed in (("dtype", dtype, DTYPES), ("store", store, STORES), ("augment", augment, AUGMENTS)):
+        if value not in allowed:
+            raise InvalidArgument(f"{name} must be one of {', '.join(allowed)}; received {value!r}")
     return make_manifest(
         backbone=backbone.name, weights=weights_identity(weights, backbone), input_size=input_size,
         preprocessing=backbone.preprocessing, layer=backbone.layer, dtype=dtype,
-        library="torch" if backbone.requires else "keras",
+        library=backbone.library, store=store, augment=augment,
     )
+
+
+@dataclass
+class ExtractionPlan:
+    """A scanned folder against a cache: the samples, their splits, what is stored and what is left to do."""
+
+    store: FeatureStore
+    spec: Backbone
+    input_size: tuple[int, int]
+    samples: list[Sample]
+    splits: dict[str, str]
+    classes: list[str]
+    state: StoredState
+    skipped: list[Skipped]
+    index_attrs: dict
+
+    @property
+    def todo(self) -> list[Sample]:
+        return list({s.sha256: s for s in self.samples if s.sha256 not in self.state.rows}.values())
+
+    def consolidate(self, warn=None) -> int:
+        rows = [(s.relpath, s.label, s.sha256, self.splits[s.sha256]) for s in self.samples]
+        return self.store.consolidate(rows, classes=self.classes, warn=warn,
+                                      attrs={**self.index_attrs, "skipped": [k.as_dict() for k in self.skipped]})
+
+
+def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, input_size, split_seed: int,
+                    split_fractions, balanced: int | None, store: str = "maps", augment: str = "none",
+                    rebuild: bool = False, rehash: bool = False, verify: bool = False, warn=None) -> ExtractionPlan:
+    """Scan ``data`` (hashing only files whose size, time or inode changed) and read what the cache holds."""
+    spec = get_backbone(backbone)
+    size = tuple(input_size or spec.input_size)
+    feature_store = FeatureStore(cache, resolve_manifest(spec, weights=weights, input_size=size, dtype=dtype,
+                                                         store=store, augment=augment))
+    if rebuild:
+        feature_store.remove()
+    feature_store.prepare()
+    scan = scan_folder(data, memo_dir=feature_store.cache_dir, rehash=rehash)
+    samples = scan.samples
+    if balanced is not None:
+        keep = balanced_subset([s.sha256 for s in samples], [s.label for s in samples], balanced, seed=split_seed)
+        samples = [s for s, k in zip(samples, keep) if k]
+    digests = [s.sha256 for s in samples]
+    splits = dict(zip(digests, assign_splits(digests, seed=split_seed, fractions=split_fractions).tolist()))
+    index_attrs = {
+        "data_root": str(scan.root), "split_seed": split_seed, "split_fractions": list(split_fractions),
+        "balanced": -1 if balanced is None else balanced,
+        "weights_source": weights if weights in spec.weights_values else str(Path(weights).expanduser().resolve()),
+    }
+    return ExtractionPlan(feature_store, spec, size, samples, splits, scan.classes,
+                          feature_store.stored_state(warn, verify=verify), list(scan.skipped), index_attrs)
 
 
 def extract(
@@ -97,186 +144,173 @@ def extract(
     compression: str = "none",
     shard_size: int = 256,
     decode_workers: int | None = None,
+    store: str = "maps",
+    augment: str = "none",
     rebuild: bool = False,
+    rehash: bool = False,
+    verify: bool = False,
+    lease_seconds: float = 60.0,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> ExtractReport:
     """Compute and store the features of every image under ``data`` that the cache does not have yet.
 
     Returns an ExtractReport; files that are not usable images are listed in ``report.skipped``
-    with the reason, and never stop the run.
+    with the reason, and never stop the run. Several processes may run this on the same cache at
+    once: they split the work by claims, and each image is computed once between them.
     """
     started = time.perf_counter()
-    spec = get_backbone(backbone)
-    size = tuple(input_size or spec.input_size)
-    store = FeatureStore(cache, resolve_manifest(spec, weights=weights, input_size=size, dtype=dtype))
-    if rebuild:
-        store.remove()
-    store.prepare()
-    scan = scan_folder(data)
-    samples = scan.samples
-    if balanced is not None:
-        keep = balanced_subset([s.sha256 for s in samples], [s.label for s in samples], balanced, seed=split_seed)
-        samples = [s for s, k in zip(samples, keep) if k]
-    splits = dict(zip((s.sha256 for s in samples), assign_splits([s.sha256 for s in samples], seed=split_seed,
-                                                               fractions=split_fractions)))
-    stored = store.stored_rows(warn=warn)
-    todo = list({s.sha256: s for s in samples if s.sha256 not in stored}.values())
-    skipped = list(scan.skipped)
-    index_attrs = {
-        "data_root": str(scan.root), "split_seed": split_seed, "split_fractions": list(split_fractions),
-        "balanced": -1 if balanced is None else balanced,
-        "weights_source": weights if weights in spec.weights_values else str(Path(weights).expanduser().resolve()),
-    }
-
-    def write_index() -> None:
-        rows = [IndexRow(s.relpath, s.label, s.sha256, str(splits[s.sha256]), *stored[s.sha256])
-                for s in samples if s.sha256 in stored]
-        store.write_index(rows, classes=scan.classes, attrs={**index_attrs, "skipped": [k.as_dict() for k in skipped]})
-
-    def on_commit(entries: list[tuple[str, str, int]]) -> None:
-        for digest, shard, row in entries:
-            stored.setdefault(digest, (shard, row))
-        write_index()
-
+    plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
+                           input_size=input_size, split_seed=split_seed, split_fractions=split_fractions,
+                           balanced=balanced, store=store, augment=augment, rebuild=rebuild, rehash=rehash,
+                           verify=verify, warn=warn)
+    feature_store, todo = plan.store, plan.todo
     new, build_seconds = 0, 0.0
+    progress = progress or Progress()
     try:
         if todo:
-            new, failures, build_seconds = run_pipeline(
-                todo, build=lambda: spec.build(weights, size, batch_size), store=store, input_size=size,
-                batch_size=batch_size, compression=compression, shard_size=shard_size,
-                decode_workers=decode_workers, progress=progress or Progress(), on_commit=on_commit,
-            )
-            skipped.extend(failures)
-        write_index()
+            embed = LazyEmbedder(lambda: Embedder.for_manifest(feature_store.manifest, weights=weights,
+                                                               batch_size=batch_size, spec=plan.spec))
+            progress.start(len(todo))
+            try:
+                with WorkClaims(feature_store.shard_dir, lease_seconds=lease_seconds) as claims:
+                    for work in claimed_passes(todo, claims, feature_store, plan.state, warn):
+                        stored, failures = run_pipeline(
+                            work, embed=embed, store=feature_store, plan=plan, batch_size=batch_size,
+                            compression=compression, shard_size=shard_size, decode_workers=decode_workers,
+                            progress=progress)
+                        new += stored
+                        plan.skipped.extend(failures)
+            finally:
+                progress.finish()
+            build_seconds = embed.build_seconds
+        images = plan.consolidate(warn)
     except OSError as exc:
-        raise CacheError(f"{store.cache_dir}: cannot write the cache: {describe_os_error(exc)}; "
+        raise CacheError(f"{feature_store.cache_dir}: cannot write the cache: {describe_os_error(exc)}; "
                          "features committed before this are kept") from None
-    in_index = sum(1 for s in samples if s.sha256 in stored)
     return ExtractReport(
-        cache_file=str(store.index_path), backbone=spec.name, key=store.key, images=in_index,
-        new=new, cached=in_index - new, skipped=skipped, seconds=time.perf_counter() - started,
-        classes=scan.classes, build_seconds=build_seconds,
+        cache_file=str(feature_store.index_path), backbone=plan.spec.name, key=feature_store.key, images=images,
+        new=new, cached=images - new if images >= new else 0, skipped=plan.skipped,
+        seconds=time.perf_counter() - started, classes=plan.classes, build_seconds=build_seconds,
     )
 
 
-def lower_thread_priority() -> None:
-    """Let the calling helper thread yield the CPU to the forward pass (Linux: per-thread nice 10).
+def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureStore, state: StoredState,
+                   warn=None, *, poll_seconds: float = 0.2) -> Iterator[Iterator[Sample]]:
+    """Passes over the work: each pass yields the samples of every bucket this writer can claim.
 
-    On a machine with few cores, decoding and writing compete with the backbone's compute threads,
-    and a descheduled compute thread stalls a whole operation. The decode window keeps the helpers
-    ahead all the same: decoding needs a few percent of one core at CPU backbone speeds.
+    The caller runs and commits each pass before asking for the next, so this writer never waits
+    while holding uncommitted work. Between passes it waits for the buckets other live writers
+    hold, re-reading the shards they commit, and takes over those whose writer died. Before a
+    bucket is handed out, shards committed meanwhile are read when the shard folder changed, so
+    work another writer finished is not done again.
     """
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    buckets: dict[str, list[Sample]] = {}
+    for sample in todo:
+        buckets.setdefault(bucket_of(sample.sha256), []).append(sample)
+    order = sorted(buckets)
+    start = hash((os.getpid(), claims.lease.name)) % len(order)  # writers start at different places
+    pending = order[start:] + order[:start]
+    seen = [_folder_stamp(store.shard_dir)]
+
+    def one_pass(buckets_now: list[str], waiting: list[str]) -> Iterator[Sample]:
+        for bucket in buckets_now:
+            if not claims.claim(bucket):
+                waiting.append(bucket)
+                continue
+            stamp = _folder_stamp(store.shard_dir) if claims.others_present() else seen[0]
+            if stamp != seen[0]:
+                seen[0] = stamp
+                store.refresh(state, warn)
+            yield from (s for s in buckets[bucket] if s.sha256 not in state.rows)
+
+    while pending:
+        waiting: list[str] = []
+        yield one_pass(pending, waiting)
+        if waiting:
+            time.sleep(poll_seconds)
+            seen[0] = _folder_stamp(store.shard_dir)  # before reading: a shard committed meanwhile changes it
+            store.refresh(state, warn)
+        pending = [b for b in waiting if any(s.sha256 not in state.rows for s in buckets[b])]
 
 
-def decoded_batches(
-    samples: Sequence[Sample], *, input_size, batch_size: int, workers: int, failures: list[Skipped]
-) -> Iterator[tuple[list[Sample], np.ndarray]]:
-    """Yield (samples, uint8 array) batches, decoding a bounded window ahead on ``workers`` threads.
+class LazyEmbedder:
+    """Builds the embedder on the first batch (a no-op run never loads the backbone), then reuses it."""
 
-    Files that fail to decode are appended to ``failures`` and left out of the batches.
-    """
-    window = batch_size * 3
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-decode",
-                            initializer=lower_thread_priority) as pool:
-        pending: deque = deque()
-        source = iter(samples)
-        batch_samples: list[Sample] = []
-        batch_images: list[np.ndarray] = []
+    def __init__(self, build: Callable[[], Embedder]):
+        self.build = build
+        self.embedder: Embedder | None = None
+        self.build_seconds = 0.0
 
-        def fill() -> None:
-            while len(pending) < window:
-                sample = next(source, None)
-                if sample is None:
-                    return
-                pending.append((sample, pool.submit(load_image, sample.path, input_size)))
+    def __call__(self, images):
+        if self.embedder is None:
+            started = time.perf_counter()
+            self.embedder = self.build()
+            self.build_seconds = time.perf_counter() - started
+        return self.embedder(images)
 
-        fill()
-        while pending:
-            sample, future = pending.popleft()
-            fill()
-            try:
-                batch_images.append(future.result())
-                batch_samples.append(sample)
-            except ImageDecodeError as exc:
-                failures.append(Skipped(str(sample.path), str(exc)))
-            except OSError as exc:
-                failures.append(Skipped(str(sample.path), f"cannot read file: {exc.strerror or exc}"))
-            if len(batch_samples) == batch_size:
-                yield batch_samples, np.stack(batch_images)
-                batch_samples, batch_images = [], []
-        if batch_samples:
-            yield batch_samples, np.stack(batch_images)
+
+def _folder_stamp(folder: Path) -> int:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def run_pipeline(
-    todo: Sequence[Sample],
+    work: Iterator[Sample] | Sequence[Sample],
     *,
-    build: Callable[[], FeatureFunction],
+    embed: Callable,
     store: FeatureStore,
-    input_size,
+    plan: ExtractionPlan,
     batch_size: int,
     compression: str,
     shard_size: int,
     decode_workers: int | None,
     progress: Progress,
-    on_commit: Callable[[list[tuple[str, str, int]]], None],
 ) -> tuple[int, list[Skipped]]:
-    """Extract ``todo`` into new shards of ``store``; returns (images stored, decode failures, build seconds).
+    """Extract ``work`` into new shards of ``store``, all committed on return; returns (images stored, failures).
 
     On an exception or Ctrl-C, every batch already computed is still committed before it propagates.
     """
-    failures: list[Skipped] = []
-    workers = decode_workers or max(1, min(8, (os.cpu_count() or 2)))
+    failures: list = []
     writes: queue.Queue = queue.Queue(maxsize=2)
-    state = {"writer": None, "error": None, "stored": 0, "build_seconds": 0.0}
+    state = {"writer": None, "error": None, "stored": 0}
 
     def write_loop() -> None:
         lower_thread_priority()
         while (item := writes.get()) is not None:
             if state["error"] is not None:
                 continue
-            features, batch = item
+            embedded, batch = item
             try:
                 if state["writer"] is None:
-                    state["writer"] = store.shard_writer(
-                        feature_shape=features.shape[1:], compression=compression, shard_size=shard_size)
-                committed = state["writer"].write(features, [s.sha256 for s in batch], [s.relpath for s in batch])
+                    shape = embedded.maps.shape[1:] if embedded.maps is not None else ()
+                    state["writer"] = store.shard_writer(feature_shape=shape, compression=compression,
+                                                         shard_size=shard_size, classes=plan.classes)
+                state["writer"].write(embedded.maps, embedded.pooled, [s.sha256 for s in batch],
+                                      [s.relpath for s in batch], [s.label for s in batch],
+                                      [plan.splits[s.sha256] for s in batch])
                 state["stored"] += len(batch)
-                if committed:
-                    on_commit(committed)
             except BaseException as exc:  # surfaced on the main thread
                 state["error"] = exc
 
     writer_thread = threading.Thread(target=write_loop, name="featurebank-writer", daemon=True)
     writer_thread.start()
-    progress.start(len(todo))
-    feature_function = None
     try:
-        for batch, images in decoded_batches(
-            todo, input_size=input_size, batch_size=batch_size, workers=workers, failures=failures
-        ):
+        for batch, embedded in embed_files(work, lambda s: s.path, embed, input_size=plan.input_size,
+                                           batch_size=batch_size, workers=decode_workers, failures=failures):
             if state["error"] is not None:
                 break
-            if feature_function is None:
-                build_started = time.perf_counter()
-                feature_function = build()
-                state["build_seconds"] = time.perf_counter() - build_started
-            writes.put((feature_function(images), batch))
+            writes.put((embedded, batch))
             progress.advance(len(batch))
     finally:
         writes.put(None)
         writer_thread.join()
-        progress.finish()
         if state["writer"] is not None and state["error"] is None:
-            committed = state["writer"].close()
-            if committed:
-                on_commit(committed)
+            state["writer"].close()
         elif state["writer"] is not None:
             state["writer"].abort()
     if state["error"] is not None:
         raise state["error"]
-    return state["stored"], failures, state["build_seconds"]
-
+    return state["stored"], [Skipped(str(s.path), reason) for s, reason in failures]

@@ -2,84 +2,133 @@
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import find_indexes, open_index
+from featurebank.cache import POOLED, ShardDamaged, cache_key, describe_os_error, open_shard, pooled_vectors
 from featurebank.errors import AmbiguousCacheError, CacheError, InvalidArgument
+from featurebank.index import IndexView, find_indexes, read_view
 from featurebank.splits import SPLIT_NAMES, balanced_subset
 
-POOLINGS = ("flatten", "avg", "max")
-_BLOCK = 64  # rows read from HDF5 at a time when pooling or filtering
+POOLINGS = ("flatten", "avg", "max", "avg+max")
 
 
 def pool_features(block: np.ndarray, pooling: str | None) -> np.ndarray:
-    """Pool a (n, h, w, c) block over space ('avg', 'max'), flatten it ('flatten'), or keep it (None); float32."""
+    """Pool a (n, h, w, c) block over space ('avg', 'max', 'avg+max' concatenated), flatten it, or keep it (None)."""
     block = np.asarray(block, dtype=np.float32)
     if pooling is None:
         return block
-    if pooling == "avg":
-        return block.mean(axis=(1, 2))
-    if pooling == "max":
-        return block.max(axis=(1, 2))
+    if pooling in POOLED:
+        return pooled_vectors(block)[pooling]
+    if pooling == "avg+max":
+        vectors = pooled_vectors(block)
+        return np.concatenate([vectors["avg"], vectors["max"]], axis=1)
     if pooling == "flatten":
         return block.reshape(len(block), -1)
     raise InvalidArgument(f"pooling must be None or one of {', '.join(POOLINGS)}; received {pooling!r}")
 
 
-class LazyFeatures:
-    """Array-like view of cached features: index it to read rows from HDF5 as float32 numpy.
+class ShardReader:
+    """Reads rows of one cache's shards, keeping a few of them open; missing or broken shards raise CacheError.
 
-    Supports ``len()``, ``shape``, ``x[i]``, ``x[a:b]`` and ``x[index_array]``; nothing is read until indexed.
+    Features are never filled in for a shard that cannot be read: the error names the shard.
     """
 
-    def __init__(self, index_path: str, rows: np.ndarray, pooling: str | None):
-        self.index_path = index_path
-        self.rows = np.asarray(rows, dtype=np.int64)
+    MAX_OPEN = 32
+
+    def __init__(self, shard_dir: Path):
+        self.shard_dir = Path(shard_dir)
+        self._open: OrderedDict[str, object] = OrderedDict()
+
+    def file(self, name: str):
+        if name in self._open:
+            self._open.move_to_end(name)
+            return self._open[name]
+        path = self.shard_dir / name
+        try:
+            fh = open_shard(path)
+        except ShardDamaged as exc:
+            raise CacheError(f"{path}: shard is damaged ({exc}); run `featurebank extract` on the same data to set "
+                             "it aside and recompute its images") from None
+        self._open[name] = fh
+        if len(self._open) > self.MAX_OPEN:
+            self._open.popitem(last=False)[1].close()
+        return fh
+
+    def read(self, name: str, dataset: str, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted, unique) of ``dataset`` in shard ``name``."""
+        fh = self.file(name)
+        if dataset not in fh:
+            raise CacheError(f"{self.shard_dir / name}: this cache stores pooled vectors only (extract --store "
+                             "pooled); ask for pooling='avg' or 'max', or extract again with --store maps")
+        data = fh[dataset]
+        try:
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+                return data[int(rows[0]) : int(rows[-1]) + 1]
+            return data[rows.tolist()]
+        except OSError as exc:
+            raise CacheError(f"{self.shard_dir / name}: cannot read shard: {describe_os_error(exc)}") from None
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+class LazyFeatures:
+    """Array-like view of cached features: index it to read rows from the shards as float32 numpy.
+
+    Supports ``len()``, ``shape``, ``x[i]``, ``x[a:b]`` and ``x[index_array]``; nothing is read until
+    indexed. Pooling 'avg'/'max' reads the stored pooled vectors, never the maps.
+    """
+
+    def __init__(self, shard_dir: str | os.PathLike, shards: list[str], shard: np.ndarray, row: np.ndarray,
+                 pooling: str | None, feature_shape: tuple[int, ...]):
+        self.shard_dir = str(shard_dir)
+        self.shards = list(shards)
+        self.shard = np.asarray(shard, dtype=np.int32)
+        self.row = np.asarray(row, dtype=np.int64)
         self.pooling = pooling
-        self._file = None
-        with open_index(index_path) as fh:
-            stored_shape = fh["features"].shape[1:]
-        probe = pool_features(np.zeros((1, *stored_shape), np.float32), pooling)
-        self.shape = (len(self.rows), *probe.shape[1:])
+        self._reader: ShardReader | None = None
+        probe = pool_features(np.zeros((1, *feature_shape), np.float32), pooling)
+        self.shape = (len(self.row), *probe.shape[1:])
         self.dtype = np.dtype(np.float32)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.row)
 
     def subset(self, positions) -> LazyFeatures:
         """A view of some of these rows (positions into this view), sharing nothing open."""
         view = object.__new__(LazyFeatures)
         view.__dict__.update(self.__getstate__())
-        view.rows = self.rows[np.asarray(positions, dtype=np.int64)]
-        view.shape = (len(view.rows), *self.shape[1:])
+        positions = np.asarray(positions, dtype=np.int64)
+        view.shard, view.row = self.shard[positions], self.row[positions]
+        view.shape = (len(view.row), *self.shape[1:])
         return view
 
-    def _dataset(self):
-        if self._file is None:
-            self._file = open_index(self.index_path)
-        return self._file["features"]
-
-    def read_rows(self, positions: np.ndarray) -> np.ndarray:
+    def read_rows(self, positions) -> np.ndarray:
         """Features of the given positions (into this view), in that order."""
         positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), *self.shape[1:]), np.float32)
         if len(positions) == 0:
-            return np.zeros((0, *self.shape[1:]), np.float32)
-        stored = self.rows[positions]
-        order = np.argsort(stored, kind="stable")
-        unique, inverse = np.unique(stored[order], return_inverse=True)
-        dataset = self._dataset()
-        if unique[-1] - unique[0] + 1 == len(unique):
-            block = dataset[unique[0] : unique[-1] + 1]
-        else:
-            block = dataset[unique.tolist()]
-        block = pool_features(block, self.pooling)[inverse]
-        out = np.empty_like(block)
-        out[order] = block
+            return out
+        if self._reader is None:
+            self._reader = ShardReader(Path(self.shard_dir))
+        pooled = [f"pooled_{p}" for p in (self.pooling or "").split("+") if p in POOLED]
+        shards = self.shard[positions]
+        order = np.argsort(shards, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(shards[order])) + 1):
+            rows = self.row[positions[group]]
+            unique, inverse = np.unique(rows, return_inverse=True)
+            name = self.shards[shards[group[0]]]
+            if pooled:  # the stored pooled vectors: the maps are never read
+                block = np.concatenate([self._reader.read(name, d, unique) for d in pooled], axis=1)
+            else:
+                block = pool_features(self._reader.read(name, "features", unique), self.pooling)
+            out[group] = block[inverse]
         return out
 
     def __getitem__(self, item) -> np.ndarray:
@@ -89,17 +138,20 @@ class LazyFeatures:
 
     def __array__(self, dtype=None, copy=None):
         out = np.empty(self.shape, np.float32)
-        for start in range(0, len(self), _BLOCK):
-            out[start : start + _BLOCK] = self.read_rows(np.arange(start, min(start + _BLOCK, len(self))))
+        block = max(64, (1 << 26) // max(1, int(np.prod(self.shape[1:])) * 4))  # ~64 MB at a time
+        stored_order = np.lexsort((self.row, self.shard))  # read each shard's rows in one sweep
+        for start in range(0, len(self), block):
+            positions = stored_order[start : start + block]
+            out[positions] = self.read_rows(positions)
         return out if dtype is None else out.astype(dtype)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_file": None}
+        return {**self.__dict__, "_reader": None}
 
 
 @dataclass
@@ -117,6 +169,7 @@ class FeatureSet:
     cache_file: str
     pooling: str | None
     attrs: dict
+    missing: dict = field(default_factory=dict)  # joined caches: backbone → paths it lacks (left out of X)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -135,20 +188,31 @@ class FeatureSet:
 
 def describe_index(path: Path) -> dict:
     """Key fields and size of one cache, for listing and for choosing between caches."""
-    with open_index(path) as fh:
-        manifest = json.loads(fh.attrs["manifest"])
-        images = fh["labels"].shape[0]
-        feature_shape = tuple(int(v) for v in fh.attrs.get("feature_shape", ()))
-        classes = [str(c) for c in fh.attrs["classes"]]
-        key = str(fh.attrs["key"])
-    shard_dir = path.with_suffix(".shards")
-    shard_bytes = sum(p.stat().st_size for p in shard_dir.glob("*.h5")) if shard_dir.is_dir() else 0
+    view = read_view(path)
+    shard_dir = view.shard_dir
+    shard_bytes = sum(e.stat().st_size for e in os.scandir(shard_dir) if e.name.endswith(".h5") and e.name[0] != ".") \
+        if shard_dir.is_dir() else 0
+    manifest = view.manifest
     return {
-        "cache_file": str(path), "key": key, "backbone": manifest["backbone"], "weights": manifest["weights"],
-        "dtype": manifest["dtype"], "input_size": manifest["input_size"], "feature_shape": feature_shape,
-        "images": images, "classes": classes, "bytes": path.stat().st_size + shard_bytes,
-        "versions": manifest.get("versions", {}),
+        "cache_file": str(path), "key": cache_key(manifest), "backbone": manifest["backbone"],
+        "weights": manifest["weights"], "dtype": manifest["dtype"], "input_size": manifest["input_size"],
+        "feature_shape": feature_shape_of(view), "store": manifest.get("store", "maps"),
+        "augment": manifest.get("augment", "none"), "images": len(view.paths), "classes": view.classes,
+        "bytes": (path.stat().st_size if path.exists() else 0) + shard_bytes, "versions": manifest.get("versions", {}),
     }
+
+
+def feature_shape_of(view: IndexView) -> tuple[int, ...]:
+    """Shape of one stored map, read from a shard's attributes (empty for caches of pooled vectors only)."""
+    if "feature_shape" in view.attrs:
+        return tuple(int(v) for v in view.attrs["feature_shape"])
+    if not view.shards:
+        return ()
+    reader = ShardReader(view.shard_dir)
+    try:
+        return tuple(int(v) for v in reader.file(view.shards[0]).attrs.get("feature_shape", ()))
+    finally:
+        reader.close()
 
 
 def _weights_matches(requested: str, recorded: str) -> bool:
@@ -225,6 +289,7 @@ def load(
     key: str | None = None,
     input_size: tuple[int, int] | None = None,
     balanced: int | None = None,
+    exclude: str | os.PathLike | None = None,
     lazy: bool = False,
 ) -> FeatureSet:
     """Load cached features as numpy.
@@ -237,6 +302,8 @@ def load(
     split : 'train', 'val' or 'test' to keep only that split; None keeps all images.
     pooling : None for the stored (N, h, w, c) maps, 'avg' or 'max' for (N, c), 'flatten' for (N, h*w*c).
     balanced : keep this many images per class (chosen by content hash, as ``extract --balanced``).
+    exclude : an exclusion list (``featurebank audit --write-exclude``): images whose content hash
+        it lists are left out. No file is deleted or moved.
     lazy : return ``X`` as a LazyFeatures view that reads from disk when indexed.
 
     Examples
@@ -245,31 +312,101 @@ def load(
     >>> fb.X.shape, fb.y.shape  # doctest: +SKIP
     ((534, 2048), (534,))
     """
+    if backbone and "+" in backbone:
+        return load_joined(cache, backbone.split("+"), split=split, pooling=pooling, weights=weights, dtype=dtype,
+                           balanced=balanced, exclude=exclude)
     if split is not None and split not in SPLIT_NAMES:
         raise InvalidArgument(f"split must be None or one of {', '.join(SPLIT_NAMES)}; received {split!r}")
     pool_features(np.zeros((1, 1, 1, 1), np.float32), pooling)  # validates pooling
     path = Path(cache).expanduser()
-    if not (path.is_file() and path.suffix == ".h5"):
+    if path.suffix != ".h5":
         path = find_cache(path, backbone, weights=weights, dtype=dtype, key=key, input_size=input_size)
-    with open_index(path) as fh:
-        labels = fh["labels"][...]
-        paths = fh["paths"].asstr()[...]
-        digests = fh["sha256"].asstr()[...]
-        splits = fh["split"].asstr()[...]
-        classes = [str(c) for c in fh.attrs["classes"]]
-        manifest = json.loads(fh.attrs["manifest"])
-        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fh.attrs.items()}
+    view = read_view(path)
+    labels, paths, digests, splits, attrs = view.labels, view.paths, view.sha256, view.split, view.attrs
+    classes, manifest = view.classes, view.manifest
     keep = np.ones(len(labels), dtype=bool)
     if split is not None:
         keep &= splits == split
+    if exclude is not None:
+        keep &= ~np.isin(digests, list(read_exclusions(exclude)))
     if balanced is not None:
         keep &= balanced_subset(digests, labels, balanced, seed=int(attrs.get("split_seed", 0)))
     rows = np.flatnonzero(keep)
-    features = LazyFeatures(str(path), rows, pooling)
+    shape = feature_shape_of(view)
+    if manifest.get("store", "maps") == "pooled" and pooling not in (*POOLED, "avg+max"):
+        raise CacheError(f"{path}: this cache stores pooled vectors only (extract --store pooled); ask for "
+                         "pooling='avg' or 'max'")
+    if not shape:
+        shape = (1, 1, _channels(view))
+    features = LazyFeatures(view.shard_dir, view.shards, view.shard[rows], view.row[rows], pooling, shape)
     X = features if lazy else np.asarray(features)
     if not lazy:
         features.close()
     return FeatureSet(
         X=X, y=labels[rows], classes=classes, paths=paths[rows], split=splits[rows], sha256=digests[rows],
-        manifest=manifest, key=str(attrs["key"]), cache_file=str(path), pooling=pooling, attrs=attrs,
+        manifest=manifest, key=cache_key(manifest), cache_file=str(path), pooling=pooling, attrs=attrs,
     )
+
+
+def _channels(view: IndexView) -> int:
+    reader = ShardReader(view.shard_dir)
+    try:
+        return int(reader.file(view.shards[0])["pooled_avg"].shape[1]) if view.shards else 0
+    finally:
+        reader.close()
+
+
+def load_joined(cache, backbones: list[str], *, split: str | None = None, pooling: str | None = "avg",
+                weights: str | None = None, dtype: str | None = None, balanced: int | None = None,
+                exclude=None) -> FeatureSet:
+    """Features of several backbones side by side (``load(backbone="a+b")``), joined by content hash.
+
+    Rows follow the first backbone's cache; an image that another cache lacks is left out and
+    reported in ``missing`` (backbone → paths), never dropped silently. Maps of different backbones
+    rarely share a shape, so ``pooling`` must pool ('avg', 'max' or 'avg+max').
+    """
+    if pooling not in (*POOLED, "avg+max"):
+        raise InvalidArgument(f"joined backbones need pooling 'avg', 'max' or 'avg+max'; received {pooling!r}")
+    parts = [load(cache, name, split, pooling, weights=weights, dtype=dtype, balanced=balanced, exclude=exclude)
+             for name in backbones]
+    first = parts[0]
+    keep = np.ones(len(first), dtype=bool)
+    missing: dict[str, list[str]] = {}
+    positions = []
+    for name, part in zip(backbones, parts):
+        where = {digest: i for i, digest in enumerate(part.sha256)}
+        found = np.array([where.get(d, -1) for d in first.sha256], dtype=np.int64)
+        absent = found < 0
+        if absent.any():
+            missing[name] = first.paths[absent].tolist()
+        keep &= ~absent
+        positions.append(found)
+    for name, part in zip(backbones[1:], parts[1:]):
+        extra = set(part.sha256) - set(first.sha256)
+        if extra:
+            missing[backbones[0]] = sorted(part.paths[np.isin(part.sha256, list(extra))].tolist())
+    X = np.concatenate([part.X[found[keep]] for part, found in zip(parts, positions)], axis=1)
+    return FeatureSet(X=X, y=first.y[keep], classes=first.classes, paths=first.paths[keep], split=first.split[keep],
+                      sha256=first.sha256[keep], manifest={"backbone": "+".join(backbones),
+                                                           "parts": [p.manifest for p in parts]},
+                      key="+".join(p.key[:12] for p in parts), cache_file=";".join(p.cache_file for p in parts),
+                      pooling=pooling, attrs=first.attrs, missing=missing)
+
+
+def read_exclusions(path: str | os.PathLike) -> dict[str, str]:
+    """sha256 → reason from an exclusion list: one image per line, its content hash, a tab, the reason; '#' comments."""
+    found: dict[str, str] = {}
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: cannot read the exclusion list: {describe_os_error(exc)}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, _, reason = line.partition("\t")
+        digest = digest.strip().lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise InvalidArgument(f"{path}:{number}: expected a sha256 (64 hex digits) then a tab and a reason; "
+                                  f"received {line[:80]!r}")
+        found[digest] = reason.strip()
+    return found

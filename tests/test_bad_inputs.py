@@ -10,6 +10,7 @@ from PIL import Image
 
 import featurebank
 from featurebank.images import load_image
+from conftest import FEATUREBANK
 
 SIZE = (64, 64)
 
@@ -88,7 +89,7 @@ def test_every_valid_image_cached_every_broken_file_reported(messy, tmp_path):
 
 def test_cli_exit_status_zero_unless_strict(messy, tmp_path):
     data, _, broken = messy
-    common = ["featurebank", "extract", "--weights", "none", "--input-size", "64x64", "--data", str(data),
+    common = [*FEATUREBANK, "extract", "--weights", "none", "--input-size", "64x64", "--data", str(data),
               "--cache", str(tmp_path / "cache"), "--json"]
     done = subprocess.run(common, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -12,12 +12,13 @@ import pytest
 
 import featurebank
 from featurebank.errors import CacheError
+from conftest import FEATUREBANK
 
 SIZE = "256x192"  # big enough that extraction lasts a few seconds, small enough for CI
 
 
 def extract_command(data, cache, *extra):
-    return ["featurebank", "extract", "--weights", "none", "--input-size", SIZE, "--batch-size", "4",
+    return [*FEATUREBANK, "extract", "--weights", "none", "--input-size", SIZE, "--batch-size", "4",
             "--shard-size", "4", "--data", str(data), "--cache", str(cache), "--quiet", *extra]
 
 
@@ -172,7 +173,7 @@ def tiny_filesystem(tmp_path):
 def test_full_disk_gives_one_clear_error_and_keeps_committed_shards(tiny_filesystem, tmp_path, make_images):
     data = tmp_path / "data"
     make_images(data, 20)  # 120 images × 32 KiB of float32 features: more than 3 MiB
-    done = subprocess.run(["featurebank", "extract", "--weights", "none", "--input-size", "64x64", "--shard-size", "8",
+    done = subprocess.run([*FEATUREBANK, "extract", "--weights", "none", "--input-size", "64x64", "--shard-size", "8",
                            "--dtype", "float32", "--compression", "none",
                            "--data", str(data), "--cache", str(tiny_filesystem / "cache"), "--quiet"],
                           capture_output=True, text=True, timeout=300)

@@ -1,0 +1,129 @@
+"""Work claims, so that several ``extract`` processes on one cache (one host or many) split the work.
+
+The images to compute are grouped into buckets by the first hex digits of their content hash, so
+every writer agrees on the buckets whatever it has seen of the cache. A writer claims a bucket by
+creating ``claims/<bucket>`` with O_EXCL (atomic on local disks and NFSv3+), naming its *lease*
+``writers/<host>~<pid>~<run>``, whose modification time it refreshes from a heartbeat thread.
+
+A claim is void when its writer's lease is gone or stale (no heartbeat for ``lease_seconds``), or
+when the writer ran on this host and its process is dead, so a crashed writer holds nothing for
+long. A void claim is taken over by renaming it aside first (only one writer's rename succeeds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from featurebank.cache import HOST, process_alive
+
+BUCKET_DIGITS = 3  # 4096 buckets: ~250 images each at 1M images, one claim file per bucket
+
+
+def bucket_of(sha256: str) -> str:
+    return sha256[:BUCKET_DIGITS]
+
+
+class WorkClaims:
+    """This writer's lease and claims in a shard folder; a context manager that heartbeats while open."""
+
+    def __init__(self, shard_dir: Path, *, lease_seconds: float = 60.0):
+        self.claim_dir = shard_dir / "claims"
+        self.writer_dir = shard_dir / "writers"
+        self.lease_seconds = lease_seconds
+        self.lease = self.writer_dir / f"{HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
+        self.held: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> WorkClaims:
+        self.claim_dir.mkdir(exist_ok=True)
+        self.writer_dir.mkdir(exist_ok=True)
+        self._forget_dead_writers()
+        self.lease.write_text(f"{HOST} {os.getpid()}\n")
+        self._thread = threading.Thread(target=self._heartbeat, name="featurebank-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Give up every claim and the lease (call only after this writer's shards are committed)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for bucket in list(self.held):
+            with contextlib.suppress(OSError):
+                (self.claim_dir / bucket).unlink()
+        self.held.clear()
+        with contextlib.suppress(OSError):
+            self.lease.unlink()
+
+    def _forget_dead_writers(self) -> None:
+        """Remove the leases of this host's dead writers and of writers silent for ten lease periods."""
+        for lease in self.writer_dir.iterdir():
+            host, pid = (lease.name.split("~") + ["", ""])[:2]
+            with contextlib.suppress(OSError):
+                dead = host == HOST and pid.isdigit() and not process_alive(int(pid))
+                if dead or time.time() - lease.stat().st_mtime > 10 * self.lease_seconds:
+                    lease.unlink()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 4):
+            with contextlib.suppress(OSError):
+                os.utime(self.lease)
+
+    def claim(self, bucket: str) -> bool:
+        """Try to own ``bucket``; True if this writer now holds it (or already did)."""
+        if bucket in self.held:
+            return True
+        path = self.claim_dir / bucket
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._void(path):
+                    return False
+                aside = path.with_name(f".void~{HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}")
+                try:
+                    os.rename(path, aside)  # only one of the writers taking it over succeeds
+                except FileNotFoundError:
+                    return False
+                with contextlib.suppress(OSError):
+                    aside.unlink()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.lease.name)
+            self.held.add(bucket)
+            return True
+        return False
+
+    def others_present(self) -> bool:
+        """Whether any other writer has a lease file here (live or not): only then can shards appear unseen."""
+        try:
+            return any(entry.name != self.lease.name for entry in os.scandir(self.writer_dir))
+        except OSError:
+            return True
+
+    def _void(self, claim: Path) -> bool:
+        try:
+            owner = claim.read_text().strip()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if not owner:  # created but not yet written: give its writer a moment
+            with contextlib.suppress(OSError):
+                return time.time() - claim.stat().st_mtime > self.lease_seconds
+            return True
+        lease = self.writer_dir / owner
+        try:
+            age = time.time() - lease.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        host, pid = owner.split("~")[:2]
+        if host == HOST and pid.isdigit() and not process_alive(int(pid)):
+            return True
+        return age > self.lease_seconds

@@ -1,0 +1,362 @@
+"""A cache key's index: which images of the current scan have features, and in which shard row.
+
+The index file (``B-K12.h5``) is consolidated once per extraction run, under a lock, from the scan
+and the shards. While a run is going, every shard it commits is self-describing (sha256, paths,
+labels, split), so readers join the index with the shards it does not list yet: a commit costs one
+shard write whatever the size of the cache, and readers still see every committed row.
+
+Index datasets: ``paths``, ``labels``, ``sha256``, ``split``, ``shard`` (into ``shards``) and
+``row`` for the current scan's images; ``stored_sha256``/``stored_shard``/``stored_row`` for every
+image any shard holds (so a run knows what is computed without opening every shard); ``shards``
+with ``shard_bytes`` and ``shard_mtime_ns`` (a shard whose size or time changed is re-checked,
+since shards never change). Attributes: classes, manifest, key, data_root, split settings, skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featurebank.cache import (
+    STR_DTYPE,
+    ShardDamaged,
+    ShardWriter,
+    atomic_h5,
+    backfill_pooled,
+    cache_key,
+    describe_os_error,
+    open_shard,
+    remove_stale_temporaries,
+    write_atomically,
+)
+from featurebank.errors import CacheError
+
+INDEX_FORMAT = 2
+
+
+@dataclass
+class IndexView:
+    """The rows a reader sees: the index plus any committed shard it does not list yet."""
+
+    index_path: Path
+    paths: np.ndarray
+    labels: np.ndarray
+    sha256: np.ndarray
+    split: np.ndarray
+    shard: np.ndarray  # int32 position in ``shards``
+    row: np.ndarray
+    shards: list[str]
+    classes: list[str]
+    attrs: dict
+    manifest: dict
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.index_path.with_suffix(".shards")
+
+
+@dataclass
+class StoredState:
+    """What a writer needs: every stored image's (shard, row), and the shards it has checked."""
+
+    rows: dict[str, tuple[str, int]] = field(default_factory=dict)
+    shards: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (bytes, mtime_ns)
+
+
+def _read_manifest(shard_dir: Path) -> dict:
+    try:
+        manifest = json.loads((shard_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{shard_dir}: no readable manifest.json ({exc}); not a featurebank cache") from None
+    manifest.pop("key", None)
+    return manifest
+
+
+def _shard_files(shard_dir: Path) -> dict[str, os.stat_result]:
+    with contextlib.suppress(FileNotFoundError):
+        return {e.name: e.stat() for e in os.scandir(shard_dir) if e.name.endswith(".h5") and not e.name.startswith(".")}
+    return {}
+
+
+def _decode(values) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def read_base(index_path: Path) -> h5py.File | None:
+    """The consolidated index opened read-only, None if absent; a clear CacheError if damaged or too old."""
+    if not index_path.exists():
+        return None
+    try:
+        fh = h5py.File(index_path, "r")
+    except OSError as exc:
+        raise CacheError(
+            f"{index_path}: not a readable featurebank cache index ({describe_os_error(exc)}); run `featurebank "
+            "extract` again to rebuild it from its shards, or `featurebank extract --rebuild` to start over") from None
+    if int(fh.attrs.get("index_format", 1)) != INDEX_FORMAT or "shards" not in fh:
+        fh.close()
+        raise CacheError(f"{index_path}: index written by an older featurebank; run `featurebank extract` on the "
+                         "same data to rebuild it from its shards (nothing is recomputed)")
+    return fh
+
+
+def read_view(index_path: str | os.PathLike) -> IndexView:
+    """Rows of the cache whose index is ``index_path``: consolidated rows, overridden by newer shards' rows."""
+    index_path = Path(index_path)
+    shard_dir = index_path.with_suffix(".shards")
+    base = read_base(index_path)
+    if base is None and not shard_dir.is_dir():
+        raise CacheError(f"{index_path}: no such feature cache")
+    columns: dict[str, list] = {"paths": [], "labels": [], "sha256": [], "split": [], "shard": [], "row": []}
+    shards: list[str] = []
+    classes: list[str] = []
+    attrs: dict = {}
+    if base is not None:
+        with base:
+            try:
+                shards = list(base["shards"].asstr()[...])
+                columns = {"paths": base["paths"].asstr()[...], "labels": base["labels"][...],
+                           "sha256": base["sha256"][...].astype("U64"), "split": base["split"][...].astype("U5"),
+                           "shard": base["shard"][...], "row": base["row"][...]}
+                classes = json.loads(base.attrs["classes"])
+                attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in base.attrs.items()}
+                manifest = json.loads(base.attrs["manifest"])
+            except (KeyError, ValueError, OSError) as exc:
+                raise CacheError(f"{index_path}: not a readable featurebank cache index ({exc}); run `featurebank "
+                                 "extract` again to rebuild it from its shards") from None
+    else:
+        manifest = _read_manifest(shard_dir)
+        attrs = {"key": cache_key(manifest), "manifest": json.dumps(manifest, sort_keys=True)}
+    known = set(shards)
+    newer = sorted(name for name in _shard_files(shard_dir) if name not in known)
+    if newer:
+        columns, classes = _join_newer_shards(shard_dir, newer, columns, shards, classes)
+    return IndexView(index_path=index_path, classes=classes, attrs=attrs, manifest=manifest, shards=shards,
+                     paths=np.asarray(columns["paths"], dtype=object), labels=np.asarray(columns["labels"], np.int64),
+                     sha256=np.asarray(columns["sha256"], dtype="U64"), split=np.asarray(columns["split"], dtype="U5"),
+                     shard=np.asarray(columns["shard"], np.int32), row=np.asarray(columns["row"], np.int64))
+
+
+def _join_newer_shards(shard_dir: Path, names: list[str], columns: dict, shards: list[str], classes: list[str]):
+    """Add the rows of committed shards the index does not list yet; a path's newest row wins."""
+    position = {path: i for i, path in enumerate(columns["paths"])}
+    columns = {k: list(v) for k, v in columns.items()}
+    for name in names:
+        try:
+            with open_shard(shard_dir / name) as fh:
+                if "labels" not in fh:
+                    continue  # a shard from an older featurebank: listed after the next extract
+                shard_classes = json.loads(fh.attrs["classes"])
+                rows = zip(fh["paths"].asstr()[...], fh["labels"][...], fh["sha256"][...].astype("U64"),
+                           fh["split"][...].astype("U5"))
+                rows = list(rows)
+        except (ShardDamaged, CacheError):
+            continue  # reported and quarantined by the next extract; a reader just does not see it
+        if any(c not in classes for c in shard_classes):  # labels are positions: remap those gathered so far
+            grown = sorted({*classes, *shard_classes})
+            remap = [grown.index(c) for c in classes]
+            columns["labels"] = [remap[label] for label in columns["labels"]]
+            classes = grown
+        shards.append(name)
+        for row, (path, label, digest, split) in enumerate(rows):
+            values = (path, classes.index(shard_classes[label]), digest, split, len(shards) - 1, row)
+            if path in position:
+                for key, value in zip(columns, values):
+                    columns[key][position[path]] = value
+            else:
+                position[path] = len(columns["paths"])
+                for key, value in zip(columns, values):
+                    columns[key].append(value)
+    return columns, classes
+
+
+class FeatureStore:
+    """One cache key's shards and index inside a cache folder: what a writer uses."""
+
+    def __init__(self, cache_dir: str | os.PathLike, manifest: dict):
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.manifest = manifest
+        self.key = cache_key(manifest)
+        self.name = f"{manifest['backbone']}-{self.key[:12]}"
+        self.index_path = self.cache_dir / f"{self.name}.h5"
+        self.shard_dir = self.cache_dir / f"{self.name}.shards"
+
+    def prepare(self) -> None:
+        """Create the folders and manifest; fail with one clear message if the cache folder is not writable."""
+        try:
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            manifest_path = self.shard_dir / "manifest.json"
+            if not manifest_path.exists():
+                write_atomically(manifest_path, json.dumps({"key": self.key, **self.manifest}, indent=2,
+                                                           sort_keys=True).encode())
+            probe = self.shard_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise CacheError(f"{self.cache_dir}: cannot write the cache folder: {describe_os_error(exc)}") from None
+        remove_stale_temporaries(self.shard_dir, self.cache_dir)
+
+    def remove(self) -> None:
+        """Delete this key's index and shards (``extract --rebuild``)."""
+        import shutil
+
+        with contextlib.suppress(FileNotFoundError):
+            self.index_path.unlink()
+        shutil.rmtree(self.shard_dir, ignore_errors=True)
+
+    def shard_writer(self, *, feature_shape, compression: str, shard_size: int, classes: list[str]) -> ShardWriter:
+        return ShardWriter(self.shard_dir, feature_shape=feature_shape, dtype=self.manifest["dtype"],
+                           compression=compression, shard_size=shard_size, key=self.key, classes=classes,
+                           store=self.manifest.get("store", "maps"))
+
+    # -- what is stored ----------------------------------------------------------------------------------
+    def stored_state(self, warn=None, *, verify: bool = False) -> StoredState:
+        """Every stored image, from the index and the shards it does not list; damaged shards set aside.
+
+        Shards the index lists are opened only when their size or modification time changed (or
+        with ``verify``), so a run's bookkeeping does not grow with the cache.
+        """
+        state = StoredState()
+        on_disk = _shard_files(self.shard_dir)
+        base = None
+        with contextlib.suppress(CacheError):
+            base = read_base(self.index_path)
+        if base is not None:
+            with base:
+                names = list(base["shards"].asstr()[...])
+                recorded = dict(zip(names, zip(base["shard_bytes"][...].tolist(), base["shard_mtime_ns"][...].tolist())))
+                digests = base["stored_sha256"][...].astype("U64")
+                shard_of, rows = base["stored_shard"][...], base["stored_row"][...]
+            intact = {name for name in names if name in on_disk and not verify
+                      and (on_disk[name].st_size, on_disk[name].st_mtime_ns) == recorded[name]}
+            for digest, shard, row in zip(digests.tolist(), shard_of.tolist(), rows.tolist()):
+                if names[shard] in intact:
+                    state.rows.setdefault(digest, (names[shard], row))
+            state.shards = {name: recorded[name] for name in intact}
+        self.refresh(state, warn)
+        return state
+
+    def refresh(self, state: StoredState, warn=None) -> list[str]:
+        """Add shards committed since ``state`` was read (by this or another writer); returns their names."""
+        added = []
+        for name, info in sorted(_shard_files(self.shard_dir).items()):
+            if name in state.shards:
+                continue
+            path = self.shard_dir / name
+            try:
+                with open_shard(path) as fh:
+                    digests = fh["sha256"][...].astype("U64").tolist()
+                    needs_pooled = "pooled_avg" not in fh
+                if needs_pooled:
+                    backfill_pooled(path)
+                    info = path.stat()
+            except ShardDamaged as exc:
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".corrupt"))
+                if warn:
+                    warn(f"{path}: unreadable shard moved aside ({exc}); its images will be recomputed")
+                continue
+            for row, digest in enumerate(digests):
+                state.rows.setdefault(digest, (name, row))
+            state.shards[name] = (info.st_size, info.st_mtime_ns)
+            added.append(name)
+        return added
+
+    # -- the index ---------------------------------------------------------------------------------------
+    def consolidate(self, rows: list[tuple[str, int, str, str]], *, classes: list[str], attrs: dict, warn=None) -> int:
+        """Write the index for the scan's ``rows`` (relpath, label, sha256, split) that have features.
+
+        Runs under a lock and re-reads the shards first, so concurrent writers never lose each
+        other's rows. Skips the write when nothing changed. Returns the number of indexed rows.
+        """
+        with _locked(self.cache_dir / f".{self.name}.lock"):
+            state = self.stored_state(warn)
+            names = sorted(state.shards)
+            number = {name: i for i, name in enumerate(names)}
+            kept = [r for r in rows if r[2] in state.rows]
+            where = [state.rows[r[2]] for r in kept]
+            stored = sorted(state.rows.items())
+            columns = {
+                "paths": np.array([r[0] for r in kept], dtype=object),
+                "labels": np.array([r[1] for r in kept], dtype=np.int64),
+                "sha256": np.array([r[2] for r in kept], dtype="S64"),
+                "split": np.array([r[3] for r in kept], dtype="S5"),
+                "shard": np.array([number[s] for s, _ in where], dtype=np.int32),
+                "row": np.array([r for _, r in where], dtype=np.int64),
+                "shards": np.array(names, dtype=object),
+                "shard_bytes": np.array([state.shards[n][0] for n in names], dtype=np.int64),
+                "shard_mtime_ns": np.array([state.shards[n][1] for n in names], dtype=np.int64),
+                "stored_sha256": np.array([d for d, _ in stored], dtype="S64"),
+                "stored_shard": np.array([number[s] for _, (s, _) in stored], dtype=np.int32),
+                "stored_row": np.array([r for _, (_, r) in stored], dtype=np.int64),
+            }
+            described = {**attrs, "classes": json.dumps(classes), "manifest": json.dumps(self.manifest, sort_keys=True),
+                         "feature_shape": self._feature_shape(names)}
+            digest = _content_digest(columns, described)
+            with contextlib.suppress(CacheError, OSError, KeyError):
+                base = read_base(self.index_path)
+                if base is not None:
+                    with base:
+                        if base.attrs.get("content_digest") == digest:
+                            return len(kept)
+            with atomic_h5(self.index_path) as fh:
+                for name, values in columns.items():
+                    fh.create_dataset(name, data=values, dtype=STR_DTYPE if values.dtype == object else values.dtype)
+                for name, value in described.items():
+                    numeric = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
+                    fh.attrs[name] = value if numeric or not isinstance(value, (dict, list, tuple)) else json.dumps(value)
+                fh.attrs["key"] = self.key
+                fh.attrs["index_format"] = INDEX_FORMAT
+                fh.attrs["content_digest"] = digest
+                fh.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                for name in ("backbone", "weights", "dtype", "layer", "preprocessing"):
+                    fh.attrs[name] = self.manifest[name]
+                fh.attrs["input_size"] = self.manifest["input_size"]
+                fh.attrs["store"] = self.manifest.get("store", "maps")
+            return len(kept)
+
+
+    def _feature_shape(self, names: list[str]) -> list[int]:
+        """Shape of one stored map (empty when only pooled vectors are stored), from a shard's attributes."""
+        for name in names[:1]:
+            with contextlib.suppress(ShardDamaged, CacheError), open_shard(self.shard_dir / name) as fh:
+                return [int(v) for v in fh.attrs.get("feature_shape", fh["features"].shape[1:] if "features" in fh else ())]
+        return []
+
+
+def _content_digest(columns: dict, attrs: dict) -> str:
+    digest = hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode())
+    for name in sorted(columns):
+        values = columns[name]
+        digest.update(name.encode())
+        digest.update("\0".join(values.tolist()).encode() if values.dtype == object else values.tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def find_indexes(cache_dir: str | os.PathLike) -> list[Path]:
+    """Index paths of the caches in a folder: every index file, and every shard folder not yet indexed."""
+    folder = Path(cache_dir).expanduser()
+    if not folder.is_dir():
+        return []
+    found = {p for p in folder.glob("*.h5") if not p.name.startswith(".")}
+    found |= {p.with_suffix(".h5") for p in folder.glob("*.shards") if (p / "manifest.json").is_file()
+              and any(_shard_files(p))}
+    return sorted(found)

@@ -1,0 +1,161 @@
+"""Several writers on one cache, the hash memo, and damage told apart from trouble (the million-image issue)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import FEATUREBANK
+
+import featurebank
+import featurebank.scan
+from featurebank.cache import HOST
+from featurebank.errors import CacheError
+
+
+def extract_command(data, cache, *extra):
+    return [*FEATUREBANK, "extract", "--weights", "none", "--input-size", "96x96", "--batch-size", "2",
+            "--shard-size", "2", "--data", str(data), "--cache", str(cache), "--json", "--quiet", *extra]
+
+
+def shards_by(cache, pid) -> list:
+    return [p for p in cache.glob("*.shards/*.h5") if f"-{HOST}-{pid}-" in p.name and not p.name.startswith(".")]
+
+
+def complete_and_unique(cache, total):
+    fb = featurebank.load(cache=cache, backbone="resnet50")
+    assert len(fb) == total and len(set(fb.paths)) == total and np.isfinite(fb.X).all()
+    stored = []
+    for shard in cache.glob("*.shards/[!.]*.h5"):  # committed shards, not a killed writer's temporaries
+        with h5py.File(shard, "r") as fh:
+            stored += fh["sha256"].asstr()[...].tolist()
+    return fb, stored
+
+
+def test_two_concurrent_writers_compute_each_image_once(tmp_path, make_images):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_images(data, 8)  # 48 distinct images
+    first, second = (subprocess.Popen(extract_command(data, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(2))
+    reports = [json.loads(p.communicate(timeout=300)[0]) for p in (first, second)]
+    assert first.returncode == second.returncode == 0
+    assert sum(r["new"] for r in reports) == 48  # every image computed once between them
+    assert all(r["new"] > 0 for r in reports)  # and both did some of the work
+    fb, stored = complete_and_unique(cache, 48)
+    assert len(stored) == len(set(stored)) == 48  # no image stored twice
+
+
+def test_kill_9_of_one_writer_while_the_other_goes_on(tmp_path, make_images):
+    data = tmp_path / "data"
+    make_images(data, 8)
+    reference = tmp_path / "reference"
+    subprocess.run(extract_command(data, reference), check=True, capture_output=True, timeout=300)
+    expected, _ = complete_and_unique(reference, 48)
+
+    cache = tmp_path / "cache"
+    victim = subprocess.Popen(extract_command(data, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    survivor = subprocess.Popen(extract_command(data, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not shards_by(cache, victim.pid) and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert shards_by(cache, victim.pid), "the first writer committed nothing before it ended"
+    victim.send_signal(signal.SIGKILL)  # it still holds claims on work it has not committed
+    victim.wait()
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    final, stored = complete_and_unique(cache, 48)  # complete without a re-run: the survivor took the work over
+    assert len(stored) == len(set(stored))
+    order = {p: i for i, p in enumerate(expected.paths)}
+    np.testing.assert_array_equal(final.X, expected.X[[order[p] for p in final.paths]])
+
+
+def test_memo_skips_unchanged_files_and_catches_same_size_edits(tmp_path, make_images, monkeypatch):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    paths = make_images(data, 2)
+    past = time.time() - 3600
+    for path in paths:
+        os.utime(path, (past, past))  # older than the memo's racy window, so the memo keeps them
+    options = dict(cache=cache, weights="none", input_size=(64, 64))
+    featurebank.extract(data, **options)
+    hashed = []
+    real_hash = featurebank.scan.hash_file
+    monkeypatch.setattr(featurebank.scan, "hash_file", lambda path, *a: hashed.append(path) or real_hash(path, *a))
+    assert featurebank.extract(data, **options).new == 0
+    assert hashed == []  # a no-op run reads no image bytes
+
+    edited = paths[3]
+    content = bytearray(edited.read_bytes())
+    middle = next(i for i in range(len(content) // 2, len(content)) if content[i] not in (0x00, 0xFF)
+                  and content[i - 1] != 0xFF and content[i] ^ 0x01 not in (0x00, 0xFF))
+    content[middle] ^= 0x01  # inside the JPEG's entropy-coded data: same size, other bytes, still decodable
+    edited.write_bytes(bytes(content))
+    assert edited.stat().st_size == len(content)
+    report = featurebank.extract(data, **options)
+    assert hashed == [edited] and report.new == 1
+    assert featurebank.extract(data, **options, rehash=True).new == 0
+    assert len(hashed) == 1 + 12  # --rehash reads every file
+
+
+def test_a_missing_or_damaged_shard_is_an_error_never_nans(tmp_path, make_images):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_images(data, 2)
+    featurebank.extract(data, cache=cache, weights="none", input_size=(64, 64), shard_size=4)
+    shards = sorted(cache.glob("*.shards/*.h5"))
+    shards[0].rename(tmp_path / "moved.h5")
+    with pytest.raises(CacheError, match=f"{shards[0].name}: shard is missing.*featurebank extract"):
+        featurebank.load(cache=cache)
+    (tmp_path / "moved.h5").rename(shards[0])
+    shards[1].write_bytes(b"\0" * shards[1].stat().st_size)
+    with pytest.raises(CacheError, match=f"{shards[1].name}: shard is damaged"):
+        featurebank.load(cache=cache)
+    lazy = featurebank.load(cache=cache, lazy=True)
+    with pytest.raises(CacheError):
+        np.asarray(lazy.X)
+
+
+HOLD_WRITE_LOCK = """
+import sys, time, h5py
+with h5py.File(sys.argv[1], "r+"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_lock_error_does_not_quarantine_a_good_shard(tmp_path, make_images):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_images(data, 1)
+    options = dict(cache=cache, weights="none", input_size=(64, 64), shard_size=4)
+    featurebank.extract(data, **options)
+    shard = sorted(cache.glob("*.shards/*.h5"))[0]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(shard)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CacheError, match="cannot open shard: HDF5 cannot lock it.*file itself is intact"):
+            featurebank.extract(data, **options, verify=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert shard.exists() and not list(cache.glob("*.shards/*.corrupt"))
+    assert featurebank.extract(data, **options, verify=True).new == 0
+
+
+def test_cleanup_touches_only_this_hosts_dead_temporaries(tmp_path, make_images):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_images(data, 1)
+    options = dict(cache=cache, weights="none", input_size=(64, 64))
+    report = featurebank.extract(data, **options)
+    shard_dir = cache / (os.path.basename(report.cache_file)[:-3] + ".shards")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    mine_dead = shard_dir / f".tmp~{HOST}~{dead.stdout.strip()}~abcd1234~x.h5"
+    mine_alive = shard_dir / f".tmp~{HOST}~{os.getpid()}~abcd1234~y.h5"
+    other_host = shard_dir / ".tmp~another-host~1~abcd1234~z.h5"
+    for path in (mine_dead, mine_alive, other_host):
+        path.write_bytes(b"half-written")
+    featurebank.extract(data, **options)
+    assert not mine_dead.exists() and mine_alive.exists() and other_host.exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import featurebank
 from classifiers.cnn import VARIANTS, build_cnn, expected_parameter_count
 from classifiers.jobs import load_checked_model
 from cli import main
@@ -60,6 +61,22 @@ def test_cli_train_cnn(small_cache, tmp_path):
         assert (run_dir / name).is_file(), name
     assert len(json.loads((run_dir / "history.json").read_text())["loss"]) == 2
     assert json.loads((run_dir / "run.json").read_text())["cnn"]["variant"] == "l1l2"
+    check_predict(run_dir, small_cache, "cnn")
+
+
+def check_predict(run_dir, small_cache, kind):
+    """`featurebank predict` answers for this run with the dense head's JSON shape: a class per image, bad files skipped."""
+    images = sorted((small_cache["data"] / "glass").glob("*.jpg"))[:2] + [small_cache["data"] / "missing.jpg"]
+    result = CliRunner().invoke(main, ["predict", "--model", str(run_dir), "--json", *map(str, images)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"run_dir", "kind", "predictions", "skipped"} and payload["kind"] == kind
+    assert [p["path"] for p in payload["predictions"]] == [str(i) for i in images[:2]]
+    for prediction in payload["predictions"]:
+        assert set(prediction) == {"path", "class", "probability", "probabilities"}
+        assert prediction["class"] in featurebank.load(small_cache["cache"]).classes
+        assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
+    assert payload["skipped"] == [{"path": str(images[2]), "reason": "no such file"}]
 
 
 @pytest.mark.parametrize("features", ["resnet50", "classic"])
@@ -73,6 +90,7 @@ def test_cli_train_svm_and_hash_checked_loading(small_cache, tmp_path, features)
     assert len(metrics["model_sha256"]) == 64 and 0 <= metrics["test_accuracy"] <= 1
     model = load_checked_model(run_dir)
     assert model.classes_.tolist() == list(range(6))
+    check_predict(run_dir, small_cache, "svm")
     with open(run_dir / "model.joblib", "ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(ModelFileError, match="modified after training"):

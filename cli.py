@@ -9,7 +9,15 @@ import sys
 import click
 
 import featurebank
-from classifiers.options import DEFAULT_HEAD, GRID_NAMES, HEADS, OPTIMIZERS, VARIANTS
+from classifiers.options import (
+    DEFAULT_HEAD,
+    FEATURE_THRESHOLD,
+    GRID_NAMES,
+    HEADS,
+    OPTIMIZERS,
+    PIXEL_THRESHOLD,
+    VARIANTS,
+)
 from featurebank.cache import COMPRESSIONS, DTYPES, POOLED, STORES
 from featurebank.embed import AUGMENTS
 from featurebank.errors import FeaturebankError
@@ -411,6 +419,57 @@ def evaluate(cache, backbone, heads, folds, pooling, balanced, exclude, weights,
                    f"{report['accuracy_mean']:.4f} ± {report['accuracy_std']:.4f} (folds {folds_text}), macro F1 "
                    f"{report['macro_f1_mean']:.4f} ± {report['macro_f1_std']:.4f}, {report['images']} images "
                    f"→ {report['run_dir']}")
+
+
+# -- audit -------------------------------------------------------------------------------------------------
+@main.command(short_help="Find duplicates, leaks, label conflicts, likely label errors, outliers and bad photos.")
+@click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder.")
+@click.option("--backbone", default="efficientnet-lite0", show_default=True, help="Whose cache (pooled vectors).")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="Image folder [default: the one recorded in the cache].")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Write report.html and one PNG contact sheet per finding type here.")
+@click.option("--write-exclude", "exclude_out", default=None, type=click.Path(dir_okay=False),
+              help="Write an exclusion list (sha256, reason) for --exclude of extract, train-* and evaluate.")
+@click.option("--oof", "oof_file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="oof_probabilities.csv of a `featurebank evaluate` run [default: a quick logistic regression].")
+@click.option("--feature-threshold", default=FEATURE_THRESHOLD, show_default=True, type=click.FloatRange(0, 1),
+              help="Near-duplicates: cosine similarity of pooled features at least this.")
+@click.option("--pixel-threshold", default=PIXEL_THRESHOLD, show_default=True, type=click.FloatRange(-1, 1),
+              help="Near-duplicates: and grey-thumbnail correlation at least this.")
+@click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Leave out the images of an exclusion list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def audit(cache, backbone, data, out_dir, exclude_out, oof_file, feature_threshold, pixel_threshold, exclude,
+          as_json):
+    """Check a dataset from its cache: exact and near duplicates (with leaks across splits and label
+    conflicts), likely label errors, outliers and photo quality. Nothing is deleted or moved."""
+    from pathlib import Path
+
+    from classifiers.audit import audit as run
+    from classifiers.audit import write_exclusions
+
+    result = run(cache, backbone, data=data, feature_threshold=feature_threshold, pixel_threshold=pixel_threshold,
+                 oof_file=oof_file, exclude=exclude)
+    if out_dir:
+        from classifiers.report import write_report
+
+        result["report"] = {k: str(v) for k, v in write_report(result, Path(out_dir)).items()}
+    if exclude_out:
+        result["excluded"] = write_exclusions(result, Path(exclude_out))
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(f"{result['images']} images, backbone {backbone}, in {result['timings']['total']:.1f} s:")
+    for name, count in result["summary"].items():
+        click.echo(f"  {name.replace('_', ' ')}: {count}")
+        for finding in result[name][:3]:
+            detail = finding.get("kind") or finding.get("issue") or f"{finding.get('given')} → {finding.get('suggested')}"
+            click.echo(f"    {' | '.join(finding['paths'])}  ({detail})")
+    if out_dir:
+        click.echo(f"report: {result['report']['report']}")
+    if exclude_out:
+        click.echo(f"exclusion list: {exclude_out} ({result['excluded']} images); use it with --exclude {exclude_out}")
 
 
 # -- experiments -------------------------------------------------------------------------------------------

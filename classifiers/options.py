@@ -5,3 +5,8 @@ VARIANTS = ("funnel-out", "funnel-in", "batchnorm", "l2", "l1", "l1l2", "dropout
 GRID_NAMES = ("seed-table1", "baselines")
 HEADS = ("svm", "logreg", "dense")  # heads of `featurebank evaluate`
 DEFAULT_HEAD = "svm"  # the best row of bench/accuracy.py (BENCHMARKS.md)
+# Near-duplicate thresholds of `featurebank audit`, chosen on TrashNet with EfficientNet-Lite0 (bench/audit.py,
+# BENCHMARKS.md): JPEG-70 and 90%-resized copies keep feature cosine >= 0.80 and thumbnail correlation >= 0.9996;
+# distinct photos' thumbnails rarely pass 0.99.
+FEATURE_THRESHOLD = 0.80
+PIXEL_THRESHOLD = 0.99

@@ -237,6 +237,7 @@ def find_cache(
     dtype: str | None = None,
     key: str | None = None,
     input_size: tuple[int, int] | None = None,
+    augment: str | None = None,
 ) -> Path:
     """The one index in ``cache`` that matches; a clear error when none or several do."""
     candidates = []
@@ -255,10 +256,13 @@ def find_cache(
             continue
         if input_size and tuple(info["input_size"]) != tuple(input_size):
             continue
+        if not key and info["augment"] != (augment or "none"):  # augmented caches are asked for by name
+            continue
         candidates.append(info)
     if not candidates:
         wanted = ", ".join(f"{k}={v}" for k, v in [("backbone", backbone), ("weights", weights), ("dtype", dtype),
-                                                     ("key", key), ("input_size", input_size)] if v)
+                                                     ("key", key), ("input_size", input_size), ("augment", augment)]
+                           if v)
         present = [f"{p.name}" for p in find_indexes(cache)]
         raise CacheError(
             f"{cache}: no feature cache matches {wanted or 'the request'}"
@@ -268,12 +272,13 @@ def find_cache(
     if len(candidates) > 1:
         lines = "; ".join(
             f"{Path(c['cache_file']).name}: weights={c['weights'][:20]} dtype={c['dtype']} "
-            f"input_size={'x'.join(map(str, c['input_size']))} images={c['images']}"
+            f"input_size={'x'.join(map(str, c['input_size']))} augment={c['augment']} images={c['images']}"
             for c in candidates
         )
         raise AmbiguousCacheError(
             f"{cache}: {len(candidates)} caches match backbone={backbone}: {lines}. "
-            "Pick one with weights=..., dtype=..., input_size=... or key=... (CLI: --weights, --dtype, --key)"
+            "Pick one with weights=..., dtype=..., input_size=..., augment=... or key=... (CLI: --weights, --dtype, "
+            "--key; or name the backbone as backbone:augment)"
         )
     return Path(candidates[0]["cache_file"])
 
@@ -290,6 +295,7 @@ def load(
     input_size: tuple[int, int] | None = None,
     balanced: int | None = None,
     exclude: str | os.PathLike | None = None,
+    augment: str | None = None,
     lazy: bool = False,
 ) -> FeatureSet:
     """Load cached features as numpy.
@@ -312,6 +318,8 @@ def load(
     >>> fb.X.shape, fb.y.shape  # doctest: +SKIP
     ((534, 2048), (534,))
     """
+    if backbone and ":" in backbone and "+" not in backbone:  # 'efficientnet-lite0:hflip-mean'
+        backbone, augment = backbone.split(":", 1)
     if backbone and "+" in backbone:
         return load_joined(cache, backbone.split("+"), split=split, pooling=pooling, weights=weights, dtype=dtype,
                            balanced=balanced, exclude=exclude)
@@ -320,7 +328,7 @@ def load(
     pool_features(np.zeros((1, 1, 1, 1), np.float32), pooling)  # validates pooling
     path = Path(cache).expanduser()
     if path.suffix != ".h5":
-        path = find_cache(path, backbone, weights=weights, dtype=dtype, key=key, input_size=input_size)
+        path = find_cache(path, backbone, weights=weights, dtype=dtype, key=key, input_size=input_size, augment=augment)
     view = read_view(path)
     labels, paths, digests, splits, attrs = view.labels, view.paths, view.sha256, view.split, view.attrs
     classes, manifest = view.classes, view.manifest

@@ -30,11 +30,16 @@ _HEADER_BYTES = 16
 class Sample:
     """One image file: where it is, which class folder it sits in, and the hash of its bytes."""
 
-    path: Path  # absolute path
+    root: str  # the dataset root (absolute)
     relpath: str  # path relative to the dataset root, with forward slashes
     label: int
     sha256: str
     format: str
+
+    @property
+    def path(self) -> Path:
+        """Absolute path (made on demand: a scan of a million files builds no Path objects)."""
+        return Path(self.root, self.relpath)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class HashMemo:
         self.started_ns = time.time_ns()
         self.entries: dict[bytes, tuple[int, int, int, bytes, bytes]] = {}
         self.seen: list[tuple[bytes, int, int, int, bytes, bytes]] = []
+        self.changed = False
         if path is not None and enabled and path.is_file():
             try:
                 with np.load(path) as memo:
@@ -134,21 +140,22 @@ class HashMemo:
             except (OSError, ValueError, KeyError):
                 self.entries = {}  # an unreadable memo only costs a full re-hash
 
-    def inspect(self, path: Path, relpath: str, info: os.stat_result) -> tuple[str, str] | Skipped:
+    def inspect(self, path: str, relpath: str, info: os.stat_result) -> tuple[str, str] | Skipped:
         key = relpath.encode()
         known = self.entries.get(key)
         if known is not None and known[:3] == (info.st_size, info.st_mtime_ns, info.st_ino):
             found = known[3].decode(), known[4].decode()
         else:
-            found = inspect_file(path, info)
+            found = inspect_file(Path(path), info)
+            self.changed = True
         if not isinstance(found, Skipped) and info.st_mtime_ns < self.started_ns - self.RACY_NS:
             self.seen.append((key, info.st_size, info.st_mtime_ns, info.st_ino, found[0].encode(), found[1].encode()))
         return found
 
     def save(self) -> None:
         """Replace the memo with this scan's entries (write, fsync, rename); failures only cost speed later."""
-        if self.path is None:
-            return
+        if self.path is None or (not self.changed and len(self.seen) == len(self.entries)):
+            return  # nothing new: the memo on disk already says all of this
         from featurebank.cache import write_atomically
 
         rows = list(zip(*self.seen)) if self.seen else [[]] * 6
@@ -197,24 +204,26 @@ def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
             reason = "hidden or system file" if _is_hidden(entry.name) else "file outside any class folder"
             result.skipped.append(Skipped(str(root / entry.name), reason))
 
+    top = str(root)
     for label, class_dir in enumerate(class_dirs):
         for dirpath, dirnames, filenames in os.walk(class_dir.path, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+            prefix = dirpath[len(top) + 1 :].replace(os.sep, "/") + "/"
             for name in sorted(filenames):
-                path = Path(dirpath) / name
+                path = f"{dirpath}{os.sep}{name}"
                 if _is_hidden(name):
-                    result.skipped.append(Skipped(str(path), "hidden or system file"))
+                    result.skipped.append(Skipped(path, "hidden or system file"))
                     continue
-                relpath = path.relative_to(root).as_posix()
+                relpath = prefix + name
                 try:
-                    info = path.stat()
+                    info = os.stat(path)
                 except OSError:
                     info = None
-                found = memo.inspect(path, relpath, info) if info is not None else inspect_file(path)
+                found = memo.inspect(path, relpath, info) if info is not None else inspect_file(Path(path))
                 if isinstance(found, Skipped):
                     result.skipped.append(found)
                     continue
                 sha256, fmt = found
-                result.samples.append(Sample(path, relpath, label, sha256, fmt))
+                result.samples.append(Sample(top, relpath, label, sha256, fmt))
     memo.save()
     return result

@@ -1,0 +1,111 @@
+"""The audit's numbers, in one run: near-duplicate threshold on TrashNet, audit time, and search at 200,000 vectors.
+
+    python bench/audit.py --cache CACHE [--data ../shared/datasets/trashnet] [--backbone efficientnet-lite0]
+                          [--copies 60] [--synthetic 200000]
+
+1. Threshold: for --copies TrashNet photos, a JPEG re-encode at quality 70 and a 90% resize are
+   embedded exactly as extract would (featurebank.embed); prints the cosine similarity of each copy
+   to its original (must be found) next to each cached photo's most similar *other* photo (must
+   mostly not be flagged), so the default threshold sits between them.
+2. The whole `featurebank audit` on the cache, timed (warm: quality statistics cached).
+3. Near-duplicate search (featurebank.similarity.near_pairs) on --synthetic random pooled vectors
+   of 1280 dimensions with planted copies: seconds and peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import TRASHNET, machine
+from PIL import Image
+
+import featurebank
+from classifiers.audit import NEAR_THRESHOLD, audit
+from featurebank.embed import Embedder
+from featurebank.images import load_image
+from featurebank.similarity import near_pairs, nearest_neighbour_distance
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def copies_similarity(cache: Path, backbone: str, data: Path, count: int) -> None:
+    fs = featurebank.load(cache, backbone, pooling="avg")
+    manifest = {**fs.manifest, "store": "pooled"}
+    embedder = Embedder.for_manifest(manifest, weights="imagenet", batch_size=8)
+    size = tuple(manifest["input_size"])
+    rows = np.linspace(0, len(fs) - 1, count).astype(int)
+    with tempfile.TemporaryDirectory() as folder:
+        variants = {"JPEG quality 70": [], "resized to 90%": []}
+        for row in rows:
+            with Image.open(data / fs.paths[row]) as image:
+                image = image.convert("RGB")
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=70)
+                path = Path(folder) / f"{row}-q70.jpg"
+                path.write_bytes(buffer.getvalue())
+                variants["JPEG quality 70"].append(path)
+                path = Path(folder) / f"{row}-90.jpg"
+                image.resize((int(image.width * 0.9), int(image.height * 0.9)), Image.BILINEAR).save(path, quality=95)
+                variants["resized to 90%"].append(path)
+        originals = unit(fs.X[rows])
+        for name, paths in variants.items():
+            pixels = np.stack([load_image(p, size) for p in paths])
+            vectors = np.concatenate([embedder(pixels[i : i + 8]).pooled["avg"] for i in range(0, len(pixels), 8)])
+            sims = np.sum(unit(vectors) * originals, axis=1)
+            print(f"{name}: similarity to its original min {sims.min():.4f}, median {np.median(sims):.4f} "
+                  f"({count} photos)")
+    vectors = unit(fs.X)
+    nearest = 1 - nearest_neighbour_distance(vectors, 1)
+    distinct = nearest[~np.isin(np.arange(len(fs)), [i for i, j, _ in near_pairs(vectors, 0.9999)])]
+    for q in (50, 90, 99, 99.9):
+        print(f"most similar other photo, {q}th percentile over the cache: {np.percentile(distinct, q):.4f}")
+    print(f"photos whose most similar other photo is ≥ {NEAR_THRESHOLD}: {(distinct >= NEAR_THRESHOLD).sum()} "
+          f"of {len(distinct)}")
+
+
+def synthetic_search(count: int, dims: int = 1280) -> None:
+    rng = np.random.default_rng(0)
+    vectors = np.abs(rng.normal(size=(count, dims)).astype(np.float32)) ** 3  # sparse-ish, non-negative like ReLU maps
+    planted = rng.choice(count, 100, replace=False)
+    vectors[planted[50:]] = vectors[planted[:50]] * rng.normal(1, 0.01, (50, dims)).astype(np.float32)
+    vectors = unit(vectors)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    pairs = near_pairs(vectors, NEAR_THRESHOLD)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    found = {(min(i, j), max(i, j)) for i, j, _ in pairs}
+    expected = {(min(a, b), max(a, b)) for a, b in zip(planted[:50], planted[50:])}
+    print(f"near-duplicate search over {count:,} vectors of {dims}: {seconds:.1f} s, peak RSS {peak / 1024:.0f} MiB "
+          f"({(peak - before) / 1024:.0f} MiB above the vectors' {vectors.nbytes / 2**20:.0f} MiB); planted pairs "
+          f"found {len(found & expected)}/50, other pairs {len(found - expected)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=TRASHNET)
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--copies", type=int, default=60)
+    parser.add_argument("--synthetic", type=int, default=200_000)
+    args = parser.parse_args()
+    print(f"Machine: {machine()}")
+    copies_similarity(args.cache, args.backbone, args.data, args.copies)
+    audit(args.cache, args.backbone)  # warms the quality statistics, as a second audit finds them
+    started = time.perf_counter()
+    result = audit(args.cache, args.backbone)
+    print(f"featurebank audit (warm): {time.perf_counter() - started:.1f} s; findings {result['summary']}; "
+          f"step seconds {result['timings']}")
+    synthetic_search(args.synthetic)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ from classifiers.options import (
 )
 from featurebank.cache import COMPRESSIONS, DTYPES, POOLED, STORES
 from featurebank.embed import AUGMENTS
+from featurebank.extraction import ENGINES
 from featurebank.errors import FeaturebankError
 from featurebank.load import POOLINGS
 
@@ -136,6 +137,10 @@ def main() -> None:
               help="Images per shard file; a crash loses at most the shard being written.")
 @click.option("--workers", "decode_workers", type=click.IntRange(1), default=None,
               help="Decoding threads [default: one per core, less one for the backbone].")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(ENGINES),
+              help="local: this process; ray: a Ray cluster (pip install -e '.[ray]').")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray instance.")
 @click.option("--rebuild", is_flag=True, help="Delete this cache key's stored features and start over.")
 @click.option("--rehash", is_flag=True, help="Hash every file again instead of trusting the (size, time, inode) memo.")
 @click.option("--verify", is_flag=True, help="Open every shard and set aside damaged ones (their images are recomputed).")
@@ -143,8 +148,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human text goes to stderr.")
 def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, input_size,
-            split_fractions, split_seed, balanced, shard_size, decode_workers, rebuild, rehash, verify, strict, quiet,
-            as_json):
+            split_fractions, split_seed, balanced, shard_size, decode_workers, engine, ray_address, rebuild, rehash, verify,
+            strict, quiet, as_json):
     """Run the frozen backbone once per image of DATA and store the features in the cache.
 
     Images already in the cache (same bytes, same backbone, weights, size and dtype) are not
@@ -155,7 +160,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
         data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
         input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
         compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
-        rebuild=rebuild, rehash=rehash, verify=verify, progress=TqdmProgress() if show_progress else None,
+        rebuild=rebuild, rehash=rehash, verify=verify, engine=engine, ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
     if as_json:

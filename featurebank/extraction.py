@@ -27,6 +27,8 @@ from featurebank.index import FeatureStore, StoredState
 from featurebank.scan import Sample, Skipped, scan_folder
 from featurebank.splits import DEFAULT_FRACTIONS, assign_splits, balanced_subset
 
+ENGINES = ("local", "ray")
+
 
 @dataclass
 class ExtractReport:
@@ -44,6 +46,7 @@ class ExtractReport:
     build_seconds: float = 0.0  # building the backbone (weights loading included), part of ``seconds``
     engine: str = "local"
     workers: int = 1  # processes that computed features in this run (Ray: actors)
+    nodes: int = 1  # machines whose processes committed shards in this run
 
     @property
     def images_per_s(self) -> float:
@@ -55,6 +58,7 @@ class ExtractReport:
             "new": self.new, "cached": self.cached, "skipped": [s.as_dict() for s in self.skipped],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2), "classes": self.classes,
             "build_seconds": round(self.build_seconds, 3), "engine": self.engine, "workers": self.workers,
+            "nodes": self.nodes,
         }
 
 
@@ -150,6 +154,8 @@ def extract(
     rehash: bool = False,
     verify: bool = False,
     lease_seconds: float = 60.0,
+    engine: str = "local",
+    ray_address: str | None = None,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> ExtractReport:
@@ -158,6 +164,7 @@ def extract(
     Returns an ExtractReport; files that are not usable images are listed in ``report.skipped``
     with the reason, and never stop the run. Several processes may run this on the same cache at
     once: they split the work by claims, and each image is computed once between them.
+    ``engine='ray'`` runs the same extraction on a Ray cluster (``ray_address``; a local one if None).
     """
     started = time.perf_counter()
     plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
@@ -165,34 +172,52 @@ def extract(
                            balanced=balanced, store=store, augment=augment, rebuild=rebuild, rehash=rehash,
                            verify=verify, warn=warn)
     feature_store, todo = plan.store, plan.todo
-    new, build_seconds = 0, 0.0
-    progress = progress or Progress()
+    if engine not in ENGINES:
+        raise InvalidArgument(f"engine must be one of {', '.join(ENGINES)}; received {engine!r}")
+    outcome = {"new": 0, "failures": [], "workers": 0, "build_seconds": 0.0}
     try:
         if todo:
-            embed = LazyEmbedder(lambda: Embedder.for_manifest(feature_store.manifest, weights=weights,
-                                                               batch_size=batch_size, spec=plan.spec))
-            progress.start(len(todo))
-            try:
-                with WorkClaims(feature_store.shard_dir, lease_seconds=lease_seconds) as claims:
-                    for work in claimed_passes(todo, claims, feature_store, plan.state, warn):
-                        stored, failures = run_pipeline(
-                            work, embed=embed, store=feature_store, plan=plan, batch_size=batch_size,
-                            compression=compression, shard_size=shard_size, decode_workers=decode_workers,
-                            progress=progress)
-                        new += stored
-                        plan.skipped.extend(failures)
-            finally:
-                progress.finish()
-            build_seconds = embed.build_seconds
+            if engine == "ray":
+                from featurebank.ray_engine import run_ray as run
+            else:
+                run = run_local
+            outcome = run(plan, todo, weights=weights, batch_size=batch_size, compression=compression,
+                          shard_size=shard_size, decode_workers=decode_workers, lease_seconds=lease_seconds,
+                          address=ray_address, progress=progress or Progress(), warn=warn)
+            plan.skipped.extend(outcome["failures"])
         images = plan.consolidate(warn)
     except OSError as exc:
         raise CacheError(f"{feature_store.cache_dir}: cannot write the cache: {describe_os_error(exc)}; "
                          "features committed before this are kept") from None
+    new, build_seconds = outcome["new"], outcome.get("build_seconds", 0.0)
     return ExtractReport(
         cache_file=str(feature_store.index_path), backbone=plan.spec.name, key=feature_store.key, images=images,
         new=new, cached=images - new if images >= new else 0, skipped=plan.skipped,
         seconds=time.perf_counter() - started, classes=plan.classes, build_seconds=build_seconds,
+        engine=engine, workers=outcome["workers"], nodes=outcome.get("nodes", 1),
     )
+
+
+def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, batch_size: int, compression: str,
+              shard_size: int, decode_workers: int | None = None, lease_seconds: float = 60.0,
+              address: str | None = None, progress: Progress | None = None, warn=None) -> dict:
+    """The local engine (every engine has this signature): claimed passes through this process's pipeline."""
+    progress = progress or Progress()
+    embed = LazyEmbedder(lambda: Embedder.for_manifest(plan.store.manifest, weights=weights, batch_size=batch_size,
+                                                       spec=plan.spec))
+    new, failures = 0, []
+    progress.start(len(todo))
+    try:
+        with WorkClaims(plan.store.shard_dir, lease_seconds=lease_seconds) as claims:
+            for work in claimed_passes(todo, claims, plan.store, plan.state, warn):
+                stored, failed = run_pipeline(work, embed=embed, store=plan.store, plan=plan, batch_size=batch_size,
+                                              compression=compression, shard_size=shard_size,
+                                              decode_workers=decode_workers, progress=progress)
+                new += stored
+                failures += failed
+    finally:
+        progress.finish()
+    return {"new": new, "failures": failures, "workers": 1, "build_seconds": embed.build_seconds}
 
 
 def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureStore, state: StoredState,

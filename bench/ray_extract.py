@@ -1,0 +1,73 @@
+"""`--engine ray` vs `--engine local` on the same TrashNet subset, and a two-node Ray cluster on this machine, in one run.
+
+    python bench/ray_extract.py [--data ../shared/datasets/trashnet] [--limit 120] [--backbone efficientnet-lite0]
+
+1. Local engine, then Ray engine (a local Ray instance using every core), each into a fresh cache,
+   from the CLI as a user runs them (process start and model build included in both): img/s and
+   their ratio, and whether the two caches hold the same features bit for bit.
+2. A two-node cluster on this machine (`ray start --head --num-cpus 1` and a second
+   `ray start --address … --num-cpus 1`), then `--engine ray --ray-address` it: how many nodes
+   committed shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import TRASHNET, machine, subset_folder
+
+import featurebank
+
+
+def cli_extract(data: Path, cache: Path, backbone: str, *extra: str) -> tuple[dict, float]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "cli", "extract", "--backbone", backbone, "--data", str(data),
+                           "--cache", str(cache), "--json", "--quiet", *extra], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(done.stderr)
+    return json.loads(done.stdout), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=TRASHNET)
+    parser.add_argument("--limit", type=int, default=120)
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    args = parser.parse_args()
+    data = subset_folder(args.data, args.limit)
+    work = Path(tempfile.mkdtemp(prefix="featurebank-ray-"))
+    print(f"Machine: {machine()}")
+    try:
+        local, local_s = cli_extract(data, work / "local", args.backbone)
+        remote, remote_s = cli_extract(data, work / "ray", args.backbone, "--engine", "ray")
+        same = np.array_equal(featurebank.load(work / "local", args.backbone).X,
+                              featurebank.load(work / "ray", args.backbone).X)
+        print(f"{local['new']} images, {args.backbone}: local {local['new'] / local_s:.2f} img/s ({local_s:.1f} s), "
+              f"ray {remote['new'] / remote_s:.2f} img/s ({remote_s:.1f} s, {remote['workers']} actors) = "
+              f"{local_s / remote_s:.2f} of local; identical features: {same}")
+        port = "6391"
+        subprocess.run(["ray", "start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard=false",
+                        "--disable-usage-stats"], check=True, capture_output=True)
+        try:
+            subprocess.run(["ray", "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+                            "--disable-usage-stats"], check=True, capture_output=True)
+            two, two_s = cli_extract(data, work / "two-nodes", args.backbone, "--engine", "ray", "--ray-address",
+                                     f"127.0.0.1:{port}")
+            print(f"two-node cluster (1 CPU each): {two['new']} images in {two_s:.1f} s, {two['workers']} actor(s), "
+                  f"shards committed by {two['nodes']} node(s)")
+        finally:
+            subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The Ray engine: the same extraction as the local engine, spread over a Ray cluster with Ray Data.
+
+    decode (map_batches, CPU tasks) → embed (map_batches over an actor pool; one GPU per actor
+    where the cluster has GPUs) → ShardDatasink (write tasks commit whole shards)
+
+The items are the samples the cache does not hold yet, as the local engine's. Every write task
+names its shards ``ray-<write id>-t<task index>-<n>.h5``, so a task that Ray retries replaces its
+own shards instead of adding duplicates; the index is consolidated once at the end, as always.
+Unreadable files travel through the pipeline as rows with an error and are reported exactly as
+the local engine reports them. The data and cache folders must have the same path on every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from featurebank.cache import POOLED
+from featurebank.errors import CacheError, FeaturebankError
+from featurebank.scan import Skipped
+
+INSTALL_HINT = "--engine ray needs Ray Data: pip install -e '.[ray]' (or pip install 'ray[data]')"
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise FeaturebankError(INSTALL_HINT) from None
+    return ray
+
+
+def decode_rows(batch: dict, *, root: str, input_size: tuple[int, int]) -> dict:
+    """A Ray Data CPU task: relpaths → uint8 pixels; a file that fails keeps its row, with the reason in ``error``."""
+    from featurebank.images import ImageDecodeError, decode_failure, load_image
+
+    pixels = np.zeros((len(batch["relpath"]), *input_size, 3), np.uint8)
+    errors = []
+    for i, relpath in enumerate(batch["relpath"]):
+        try:
+            pixels[i] = load_image(Path(root, str(relpath)), input_size)
+            errors.append("")
+        except (ImageDecodeError, OSError) as exc:
+            errors.append(decode_failure(exc))
+    return {**batch, "pixels": pixels, "error": np.array(errors, dtype=object)}
+
+
+class EmbedActor:
+    """A Ray Data actor: builds the embedder once (on its GPU, if any) and embeds the decodable rows of each batch."""
+
+    def __init__(self, manifest: dict, weights: str, batch_size: int):
+        from featurebank.embed import Embedder
+
+        self.embedder = Embedder.for_manifest(manifest, weights=weights, batch_size=batch_size)
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        if ok.any():
+            embedded = self.embedder(batch["pixels"][ok])
+            if embedded.maps is not None:
+                maps = np.zeros((len(ok), *embedded.maps.shape[1:]), embedded.maps.dtype)
+                maps[ok] = embedded.maps
+                out["maps"] = maps
+            for name in POOLED:
+                vectors = np.zeros((len(ok), embedded.pooled[name].shape[1]), np.float32)
+                vectors[ok] = embedded.pooled[name]
+                out[f"pooled_{name}"] = vectors
+        return out
+
+
+def _shard_datasink(base):
+    """The Datasink class, defined once Ray is imported (it subclasses ray.data.Datasink)."""
+
+    class ShardDatasink(base):
+        """Each write task commits whole shards under names fixed by (write id, task index)."""
+
+        def __init__(self, store, *, classes: list[str], compression: str, shard_size: int):
+            self.store = store
+            self.classes = classes
+            self.compression = compression
+            self.shard_size = shard_size
+            self.write_id = uuid.uuid4().hex[:10]
+            self.results: list[dict] = []
+
+        def write(self, blocks, ctx) -> dict:
+            import ray
+            from ray.data.block import BlockAccessor
+
+            writer = None
+            stored, failures = 0, []
+            for block in blocks:
+                columns = BlockAccessor.for_block(block).to_numpy()
+                if not len(columns.get("relpath", ())):
+                    continue
+                ok = np.array([not e for e in columns["error"]], dtype=bool)
+                failures += [(str(p), str(e)) for p, e in zip(columns["relpath"][~ok], columns["error"][~ok])]
+                if not ok.any():
+                    continue
+                maps = columns["maps"][ok] if "maps" in columns else None
+                if writer is None:
+                    writer = self.store.shard_writer(feature_shape=maps.shape[1:] if maps is not None else (),
+                                                     compression=self.compression, shard_size=self.shard_size,
+                                                     classes=self.classes)
+                    writer.run_id = f"ray-{self.write_id}-t{ctx.task_idx:05d}"  # a retried task replaces its shards
+                writer.write(maps, {p: columns[f"pooled_{p}"][ok] for p in POOLED},
+                             [str(d) for d in columns["sha256"][ok]], [str(p) for p in columns["relpath"][ok]],
+                             [int(v) for v in columns["label"][ok]], [str(s) for s in columns["split"][ok]])
+                stored += int(ok.sum())
+            if writer is not None:
+                writer.close()
+            return {"stored": stored, "failures": failures, "node": ray.get_runtime_context().get_node_id()}
+
+        def on_write_complete(self, write_result) -> None:
+            returns = getattr(write_result, "write_returns", write_result)
+            self.results = [r for r in returns if r]
+
+    return ShardDatasink
+
+
+def check_shared_paths(ray, folders: dict[str, Path]) -> int:
+    """Fail with one line if any alive node cannot see the data folder or write the cache; returns the node count."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def probe(paths: dict) -> str:
+        for name, path in paths.items():
+            if not os.path.isdir(path):
+                return f"cannot see the {name} {path}"
+        probe_file = Path(paths["cache folder"]) / f".probe-{uuid.uuid4().hex[:8]}"
+        try:
+            probe_file.write_bytes(b"ok")
+            probe_file.unlink()
+        except OSError as exc:
+            return f"cannot write the cache folder {paths['cache folder']}: {exc.strerror or exc}"
+        return ""
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    paths = {k: str(v) for k, v in folders.items()}
+    answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                       .remote(paths) for n in nodes])
+    for node, answer in zip(nodes, answers):
+        if answer:
+            raise CacheError(f"Ray node {node.get('NodeManagerAddress', node['NodeID'])}: {answer}; the data and cache "
+                             "folders must be reachable under the same path on every node (shared storage)")
+    return len(nodes)
+
+
+def run_ray(plan, todo, *, weights: str, batch_size: int, compression: str, shard_size: int,
+            decode_workers: int | None = None, lease_seconds: float = 60.0, address: str | None = None,
+            progress=None, warn=None) -> dict:
+    """Extract ``todo`` on a Ray cluster (``address``: 'auto', 'ray://…', or None for a local instance).
+
+    The same signature as the local engine; ``decode_workers`` and ``lease_seconds`` do not apply
+    (Ray schedules decoding tasks itself, and Ray's task retries replace claims). Progress is Ray
+    Data's own bar (and its dashboard, where one runs).
+    """
+    ray = import_ray()
+    if type(progress).__name__ == "Progress":  # the library's silent default: no Ray Data progress logging
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False, log_to_driver=False)
+    try:
+        check_shared_paths(ray, {"data folder": Path(todo[0].root), "cache folder": plan.store.shard_dir})
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        actors = gpus if gpus else max(1, int(resources.get("CPU", 1)) // 2)
+        items = [{"relpath": s.relpath, "sha256": s.sha256, "label": s.label, "split": plan.splits[s.sha256]}
+                 for s in todo]
+        data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * actors)))
+        data = data.map_batches(decode_rows, batch_size=batch_size, batch_format="numpy",
+                                fn_kwargs={"root": todo[0].root, "input_size": plan.input_size})
+        data = data.map_batches(
+            EmbedActor, batch_size=batch_size, batch_format="numpy", concurrency=actors,
+            fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size},
+            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=-1, max_task_retries=-1)
+        sink = _shard_datasink(ray.data.Datasink)(plan.store, classes=plan.classes, compression=compression,
+                                                  shard_size=shard_size)
+        data.write_datasink(sink)
+        results = sink.results
+    finally:
+        if started_here:
+            ray.shutdown()
+    failures = [Skipped(str(Path(todo[0].root, relpath)), reason) for r in results for relpath, reason in r["failures"]]
+    return {"new": sum(r["stored"] for r in results), "failures": failures, "workers": actors,
+            "nodes": len({r["node"] for r in results if r["stored"]}), "build_seconds": 0.0}

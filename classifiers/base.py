@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
 
 from featurebank.errors import InvalidArgument
 
 
-class NotFittedError(ValueError, AttributeError):
-    """Raised when predict/score is called before fit (as scikit-learn's)."""
+class NotFittedError(SklearnNotFittedError):
+    """Raised when predict/score is called before fit (scikit-learn's own, so its checks recognise it)."""
 
 
 class ClassifierBase(ClassifierMixin, BaseEstimator):
-    """scikit-learn base (get_params, set_params, clone): subclasses implement ``fit`` and ``predict_proba``."""
+    """scikit-learn base (get_params, set_params, clone): subclasses implement ``fit`` and ``predict_proba``.
+
+    Inputs go through scikit-learn's own validation (``validate_data``, ``check_classification_targets``),
+    so sparse, complex, NaN or infinite X, X with no features, 1-d X and continuous targets are
+    refused with scikit-learn's messages instead of reaching a backend that may crash on them.
+    """
+
+    def _validate_fit(self, X, y, *, allow_nd: bool = False, min_samples: int = 2):
+        """Validated (X float32, y) for fit; sets ``n_features_in_``."""
+        X, y = validate_data(self, X, y, accept_sparse=False, dtype=np.float32, allow_nd=allow_nd,
+                             ensure_min_samples=min_samples)
+        check_classification_targets(y)
+        return X, y
+
+    def _validate_predict(self, X, *, allow_nd: bool = False) -> np.ndarray:
+        """Validated X for predict, after checking that the estimator is fitted."""
+        self._check_fitted()
+        return validate_data(self, X, reset=False, accept_sparse=False, dtype=np.float32, allow_nd=allow_nd)
 
     def _encode_labels(self, y, classes=None) -> np.ndarray:
         y = np.asarray(y)
@@ -43,7 +63,7 @@ class ClassifierBase(ClassifierMixin, BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet; call fit first")
 
     def predict(self, X) -> np.ndarray:
         """Most probable class for each row of X."""

@@ -99,6 +99,13 @@ class CNNClassifier(ClassifierBase):
     def _images(self, X):
         return X if isinstance(X, np.ndarray) else ImageFiles(X, tuple(self.image_size))
 
+    def __sklearn_tags__(self):
+        """Images in, not a 2-d feature matrix: scikit-learn's generic checks cannot apply (they then skip)."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = False
+        return tags
+
     def fit(self, X, y, *, validation_data=None, classes=None) -> CNNClassifier:
         """Train on images X (array or paths) and labels y; early-stop on ``validation_data`` loss."""
         keras = import_keras()
@@ -108,9 +115,9 @@ class CNNClassifier(ClassifierBase):
         self._check_X(X, y, min_samples=2)
         y_encoded = self._encode_labels(y, classes)
         images = self._images(X)
-        self.n_features_in_ = tuple(images.shape[1:])
+        self.input_shape_ = tuple(images.shape[1:])
         keras.utils.set_random_seed(self.seed)
-        model = build_cnn(self.variant, self.n_features_in_, len(self.classes_), augment=self.augment)
+        model = build_cnn(self.variant, self.input_shape_, len(self.classes_), augment=self.augment)
         if validation_data is not None:
             validation_data = (self._images(validation_data[0]), validation_data[1])
         return fit_keras_model(

@@ -27,7 +27,7 @@ def make_head(name: str, *, seed: int = 0):
     if name == "svm":
         from classifiers.svm import FeatureSVM
 
-        return FeatureSVM(transform="sqrt", cv=3, seed=seed, C_grid=(1.0, 10.0, 100.0), gamma_grid=("scale",))
+        return FeatureSVM(preprocess="sqrt", cv=3, seed=seed, C_grid=(1.0, 10.0, 100.0), gamma_grid=("scale",))
     if name == "logreg":
         from classifiers.linear import LogisticHead
 

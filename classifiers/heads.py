@@ -70,7 +70,7 @@ class DenseHead(ClassifierBase):
     model_ : the trained keras.Model.
     history_ : per-epoch loss/accuracy (and val_ ones), as a dict of lists.
     best_epoch_ : the epoch whose weights were kept.
-    n_features_in_ : shape of one input row.
+    input_shape_ : shape of one input row; n_features_in_ : its first dimension (scikit-learn's convention).
 
     Examples
     --------
@@ -117,11 +117,16 @@ class DenseHead(ClassifierBase):
             raise InvalidArgument(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
         if self.pooling not in ("flatten", "avg", "max"):
             raise InvalidArgument(f"pooling must be 'flatten', 'avg' or 'max'; received {self.pooling!r}")
-        self._check_X(X, y, min_samples=2)
+        if hasattr(X, "read_rows"):  # a LazyFeatures view: streamed, validated batch by batch by the shard reader
+            self._check_X(X, y, min_samples=2)
+            y = np.asarray(y)
+            self.n_features_in_ = int(X.shape[1])
+        else:
+            X, y = self._validate_fit(X, y, allow_nd=True)
         y_encoded = self._encode_labels(y, classes)
-        self.n_features_in_ = tuple(X.shape[1:])
+        self.input_shape_ = tuple(X.shape[1:])
         keras.utils.set_random_seed(self.seed)
-        model = self.build_model(self.n_features_in_, len(self.classes_))
+        model = self.build_model(self.input_shape_, len(self.classes_))
         return fit_keras_model(
             self, model, X, y_encoded, validation_data, optimizer=self.optimizer, learning_rate=self.learning_rate,
             epochs=self.epochs, batch_size=self.batch_size, patience=self.patience,
@@ -130,7 +135,10 @@ class DenseHead(ClassifierBase):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, one row per sample, columns in ``classes_`` order."""
-        self._check_fitted()
-        if tuple(X.shape[1:]) != self.n_features_in_:
-            raise InvalidArgument(f"X rows have shape {tuple(X.shape[1:])}; this head was fitted on {self.n_features_in_}")
+        if hasattr(X, "read_rows"):
+            self._check_fitted()
+        else:
+            X = self._validate_predict(X, allow_nd=True)
+        if tuple(X.shape[1:]) != self.input_shape_:
+            raise InvalidArgument(f"X rows have shape {tuple(X.shape[1:])}; this head was fitted on {self.input_shape_}")
         return predict_in_batches(self.model_, X, max(1, min(max(self.batch_size, 256), len(X))))

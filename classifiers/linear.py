@@ -21,7 +21,7 @@ class LogisticHead(ClassifierBase):
     Parameters
     ----------
     C_grid : inverse regularisation strengths searched.
-    transform : 'sqrt' (default) or 'none'.
+    preprocess : 'sqrt' (default) or 'none'.
     cv : inner folds (fewer when a class has fewer images).
     seed : seeds the inner folds.
 
@@ -30,9 +30,9 @@ class LogisticHead(ClassifierBase):
     classes_, model_ (the fitted pipeline), best_params_, cv_accuracy_, n_features_in_.
     """
 
-    def __init__(self, *, C_grid=DEFAULT_LOGREG_C, transform: str = "sqrt", cv: int = 3, seed: int = 0):
+    def __init__(self, *, C_grid=DEFAULT_LOGREG_C, preprocess: str = "sqrt", cv: int = 3, seed: int = 0):
         self.C_grid = C_grid
-        self.transform = transform
+        self.preprocess = preprocess
         self.cv = cv
         self.seed = seed
 
@@ -42,8 +42,8 @@ class LogisticHead(ClassifierBase):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        X = transform_features(X, self.transform)
-        self._check_X(X, y, min_samples=2)
+        X, y = self._validate_fit(X, y)
+        X = transform_features(X, self.preprocess)
         y_encoded = self._encode_labels(y, classes)
         search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
                               {"logisticregression__C": list(self.C_grid)},
@@ -52,12 +52,11 @@ class LogisticHead(ClassifierBase):
         self.model_ = search.best_estimator_
         self.best_params_ = {"C": search.best_params_["logisticregression__C"]}
         self.cv_accuracy_ = float(search.best_score_)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        self._check_fitted()
-        proba = self.model_.predict_proba(transform_features(X, self.transform))
+        X = self._validate_predict(X)
+        proba = self.model_.predict_proba(transform_features(X, self.preprocess))
         full = np.zeros((len(proba), len(self.classes_)))
         full[:, self.model_.classes_] = proba  # classes absent from training get probability 0
         return full

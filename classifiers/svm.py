@@ -40,7 +40,7 @@ class FeatureSVM(ClassifierBase):
     ----------
     C_grid, gamma_grid : values searched.
     cv : folds of the search (fewer when a class has fewer images).
-    transform : 'none' (the study's baseline) or 'sqrt' (signed square root and L2 norm first).
+    preprocess : 'none' (the study's baseline) or 'sqrt' (signed square root and L2 norm first).
     seed : seeds the folds and the SVC's probability calibration.
 
     Attributes
@@ -48,26 +48,25 @@ class FeatureSVM(ClassifierBase):
     classes_, model_ (the fitted pipeline), best_params_, cv_accuracy_.
     """
 
-    def __init__(self, *, C_grid=DEFAULT_C_GRID, gamma_grid=DEFAULT_GAMMA_GRID, cv: int = 5, transform: str = "none",
+    def __init__(self, *, C_grid=DEFAULT_C_GRID, gamma_grid=DEFAULT_GAMMA_GRID, cv: int = 5, preprocess: str = "none",
                  seed: int = 0):
         self.C_grid = C_grid
         self.gamma_grid = gamma_grid
         self.cv = cv
-        self.transform = transform
+        self.preprocess = preprocess
         self.seed = seed
 
     def fit(self, X, y, *, classes=None) -> FeatureSVM:
-        X = transform_features(X, self.transform)
-        self._check_X(X, y, min_samples=2)
+        X, y = self._validate_fit(X, y)
+        X = transform_features(X, self.preprocess)
         y_encoded = self._encode_labels(y, classes)
         self.model_, self.best_params_, self.cv_accuracy_ = _grid_search_svc(
             X, y_encoded, C_grid=self.C_grid, gamma_grid=self.gamma_grid, cv=self.cv, seed=self.seed)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        self._check_fitted()
-        proba = self.model_.predict_proba(transform_features(X, self.transform))
+        X = self._validate_predict(X)
+        proba = self.model_.predict_proba(transform_features(X, self.preprocess))
         full = np.zeros((len(proba), len(self.classes_)))
         full[:, self.model_.classes_] = proba  # classes absent from training get probability 0
         return full
@@ -109,6 +108,13 @@ class BagOfVisualWordsSVM(ClassifierBase):
                 words = self.vocabulary_.predict(descriptors)
                 out[i] = np.bincount(words, minlength=self.vocabulary_size) / len(words)
         return out
+
+    def __sklearn_tags__(self):
+        """Images in, not a 2-d feature matrix: scikit-learn's generic checks cannot apply (they then skip)."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = False
+        return tags
 
     def fit(self, X, y, *, classes=None) -> BagOfVisualWordsSVM:
         from sklearn.cluster import MiniBatchKMeans

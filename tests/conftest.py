@@ -66,3 +66,27 @@ def trashnet_or_skip() -> Path:
     if not TRASHNET.is_dir():
         pytest.skip(f"{TRASHNET} is absent")
     return TRASHNET
+
+
+def check_run_folder(run_dir: Path) -> dict:
+    """A run folder is complete and consistent: figures decode, the model file matches its recorded hash,
+    metrics agree with their own confusion matrix, and the history covers the epochs run."""
+    import json
+
+    from featurebank.scan import file_sha256
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "run.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert file_sha256(run_dir / config["model_file"]) == config["model_sha256"] == metrics["model_sha256"]
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.sum() == metrics["test_images"] == config["split_sizes"]["test"]
+    assert metrics["test_accuracy"] == np.trace(confusion) / confusion.sum()
+    with Image.open(run_dir / "confusion.png") as figure:
+        assert min(figure.size) > 100
+    if (run_dir / "history.json").exists():
+        history = json.loads((run_dir / "history.json").read_text())
+        assert len(history["loss"]) == metrics["epochs_run"] >= metrics["best_epoch"] >= 1
+        with Image.open(run_dir / "curves.png") as figure:
+            assert min(figure.size) > 100
+    return metrics

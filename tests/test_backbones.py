@@ -40,7 +40,14 @@ def test_cli_backbones_lists_shapes_and_bytes():
 
 
 def test_imagenet_download_failure_is_one_clear_paragraph(tmp_path, monkeypatch, make_images):
-    """No network here: Keras' download fails, and the user is told how to pass --weights PATH."""
+    """Keras' download fails (made to fail here, network or not), and the user is told how to pass --weights PATH."""
+    from keras.src.utils import file_utils
+
+    def unreachable(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno 101] Network is "
+                        "unreachable")
+
+    monkeypatch.setattr(file_utils, "get_file", unreachable)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
     make_images(tmp_path / "data", 1)
     result = CliRunner().invoke(main, ["extract", "--data", str(tmp_path / "data"), "--cache", str(tmp_path / "c"),
@@ -114,9 +121,19 @@ def test_demo_runs_offline_on_a_generated_sample(tmp_path):
     payload = json.loads(result.stdout)
     assert payload["extract"]["new"] == 48
     assert [row["model"] for row in payload["rows"]][2].startswith("SVM")
-    assert all(0 <= row["test_accuracy"] <= 1 for row in payload["rows"])
+    # Pretrained features tell the generated bottles, cans, paper and cardboard apart (chance: 1/6).
+    assert max(row["test_accuracy"] for row in payload["rows"]) >= 0.5, payload["rows"]
 
 
-def test_registry_names_are_unique_and_complete():
-    names = [b.name for b in available_backbones()]
-    assert len(names) == len(set(names)) and "resnet50" in names
+def test_packaged_weights_are_pinned_by_hash(monkeypatch):
+    """Each offline backbone's weights file matches its pinned sha256, and a file that does not is refused."""
+    from featurebank import torch_backbones
+    from featurebank.errors import WeightsError
+    from featurebank.scan import file_sha256
+
+    for name, (package, digest) in torch_backbones.LITE_WEIGHTS.items():
+        lite(package)
+        assert file_sha256(torch_backbones.packaged_lite_weights(name)) == digest
+    monkeypatch.setattr(torch_backbones, "file_sha256", lambda path: "0" * 64)
+    with pytest.raises(WeightsError, match="does not match its pinned sha256"):
+        torch_backbones.packaged_lite_weights("efficientnet-lite1")

@@ -120,11 +120,30 @@ def test_decoding_rules(tmp_path):
     assert load_image(tmp_path / "white16.png", (512, 384)).shape == (512, 384, 3)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_file_is_skipped(tmp_path, make_images):
-    make_images(tmp_path / "data", 1, classes=["a"])
-    locked = tmp_path / "data" / "a" / "a0.jpg"
-    locked.chmod(0)
+def test_unreadable_file_is_skipped(tmp_path, make_images, monkeypatch):
+    """A file the OS refuses to read is skipped with the reason, and the run goes on.
+
+    As root, permissions do not stop reads, so the refusal is the OS error itself, injected where
+    the file is opened; as any other user, the file's permissions are really removed.
+    """
+    import builtins
+
     from featurebank.scan import scan_folder
 
-    assert "permission denied" in scan_folder(tmp_path / "data").skipped[0].reason
+    make_images(tmp_path / "data", 2, classes=["a"])
+    locked = tmp_path / "data" / "a" / "a0.jpg"
+    if os.geteuid() == 0:
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if str(file) == str(locked):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    else:
+        locked.chmod(0)
+    result = scan_folder(tmp_path / "data")
+    assert [(os.path.basename(s.path), s.reason) for s in result.skipped] == [
+        ("a0.jpg", "cannot read file: permission denied")]
+    assert [s.relpath for s in result.samples] == ["a/a1.jpg"]

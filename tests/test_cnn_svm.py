@@ -10,6 +10,7 @@ import featurebank
 from classifiers.cnn import VARIANTS, build_cnn, expected_parameter_count
 from classifiers.jobs import load_checked_model
 from cli import main
+from conftest import check_run_folder
 from featurebank.errors import ModelFileError
 
 LAYERS = {
@@ -57,9 +58,8 @@ def test_cli_train_cnn(small_cache, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     run_dir = Path(payload["run_dir"])
-    for name in ("model.keras", "history.json", "metrics.json", "curves.png", "confusion.png", "run.json"):
-        assert (run_dir / name).is_file(), name
-    assert len(json.loads((run_dir / "history.json").read_text())["loss"]) == 2
+    metrics = check_run_folder(run_dir)
+    assert metrics["epochs_run"] == 2 and metrics["test_accuracy"] == payload["test_accuracy"]
     assert json.loads((run_dir / "run.json").read_text())["cnn"]["variant"] == "l1l2"
     check_predict(run_dir, small_cache, "cnn")
 
@@ -86,8 +86,8 @@ def test_cli_train_svm_and_hash_checked_loading(small_cache, tmp_path, features)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     run_dir = Path(payload["run_dir"])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert len(metrics["model_sha256"]) == 64 and 0 <= metrics["test_accuracy"] <= 1
+    metrics = check_run_folder(run_dir)
+    assert metrics["test_accuracy"] == payload["test_accuracy"]
     model = load_checked_model(run_dir)
     assert model.classes_.tolist() == list(range(6))
     check_predict(run_dir, small_cache, "svm")

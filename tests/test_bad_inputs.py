@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,23 @@ def test_unreadable_file_is_skipped(tmp_path, make_images, monkeypatch):
     assert [(os.path.basename(s.path), s.reason) for s in result.skipped] == [
         ("a0.jpg", "cannot read file: permission denied")]
     assert [s.relpath for s in result.samples] == ["a/a1.jpg"]
+    report = featurebank.extract(tmp_path / "data", cache=tmp_path / "cache", weights="none", input_size=(64, 64))
+    assert (report.new, [os.path.basename(s.path) for s in report.skipped]) == (1, ["a0.jpg"])
+
+
+def test_train_cnn_skips_files_that_went_bad_after_extraction(small_cache, tmp_path):
+    """train-cnn decodes pixels itself, with extract's rules: a file broken since is reported and left out."""
+    import shutil
+
+    from classifiers.jobs import train_cnn
+
+    data = tmp_path / "data"
+    shutil.copytree(small_cache["data"], data)
+    fb = featurebank.load(small_cache["cache"])
+    broken = data / fb.paths[fb.split == "train"][0]
+    broken.write_bytes(broken.read_bytes()[:200])
+    result = train_cnn(small_cache["cache"], data=data, image_size=(64, 48), epochs=1, runs_dir=tmp_path / "runs")
+    assert [(s["path"], "truncated" in s["reason"] or "cannot decode" in s["reason"]) for s in result["skipped"]] == [
+        (str(broken), True)]
+    config = json.loads((Path(result["run_dir"]) / "run.json").read_text())
+    assert config["split_sizes"]["train"] == (fb.split == "train").sum() - 1

@@ -132,3 +132,25 @@ def test_weights_file_is_identified_by_its_hash(tmp_path, make_images):
     images = np.stack([load_image(data / path, (64, 64)) for path in fb.paths])
     expected = function(images).astype(np.float16).astype(np.float32)  # stored as float16 by default
     np.testing.assert_allclose(fb.X, expected, rtol=2e-3, atol=1e-3)
+
+
+def test_predict_refuses_weights_whose_bytes_changed(tmp_path, make_images):
+    import keras
+
+    from classifiers.jobs import train_head
+    from classifiers.predict import predict_images
+    from featurebank.errors import ModelFileError
+
+    data = tmp_path / "data"
+    make_images(data, 5)
+    weights = tmp_path / "resnet50_notop.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(weights)
+    featurebank.extract(data, cache=tmp_path / "cache", weights=str(weights), input_size=(64, 64))
+    fb = featurebank.load(cache=tmp_path / "cache", backbone="resnet50")
+    run = train_head(tmp_path / "cache", weights=str(weights), pooling="avg", epochs=1, start_from_epoch=0,
+                     runs_dir=tmp_path / "runs")
+    assert len(predict_images(run["run_dir"], [data / fb.paths[0]])["predictions"]) == 1
+    with open(weights, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelFileError, match="differ from the ones this model was trained with"):
+        predict_images(run["run_dir"], [data / fb.paths[0]])

@@ -122,7 +122,7 @@ def main() -> None:
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(DTYPES),
               help="Stored precision; float16 halves the size and changed no accuracy we measured (BENCHMARKS.md).")
 @click.option("--compression", default="none", show_default=True, type=click.Choice(COMPRESSIONS),
-              help="Lossless HDF5 compression; zstd stores sparse ReLU maps in ~1/10 the bytes (one writer thread).")
+              help="Lossless HDF5 compression; zstd stores sparse ReLU maps in ~1/10 the bytes (on a thread pool).")
 @click.option("--store", default="maps", show_default=True, type=click.Choice(STORES),
               help="maps: feature maps plus pooled avg/max vectors; pooled: the pooled vectors only (~1/100 the bytes).")
 @click.option("--augment", default="none", show_default=True, type=click.Choice(AUGMENTS),

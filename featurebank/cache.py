@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from importlib import metadata
@@ -156,8 +157,46 @@ def compression_options(compression: str) -> dict:
     if compression == "zstd":
         import hdf5plugin
 
-        return dict(hdf5plugin.Zstd(clevel=3))
+        return dict(hdf5plugin.Zstd(clevel=ZSTD_LEVEL))
     raise InvalidArgument(f"compression must be one of {', '.join(COMPRESSIONS)}; received {compression!r}")
+
+
+ZSTD_LEVEL = 3
+
+
+def zstd_frames(rows: np.ndarray) -> list[bytes]:
+    """One zstd frame per row, compressed on a pool of threads (zstd releases the GIL).
+
+    The frames are exactly what HDF5's zstd filter (id 32015, which ``hdf5plugin`` registers)
+    stores for a chunk, so they go in with ``write_direct_chunk`` and any h5py reader that
+    imports hdf5plugin reads them back, bit for bit.
+    """
+    import zstandard
+
+    if len(rows) < 2:
+        return [zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(row.tobytes()) for row in rows]
+    return list(_compression_pool().map(lambda row: _compressor().compress(row.tobytes()), rows))
+
+
+_POOL = None
+_LOCAL = threading.local()
+
+
+def _compression_pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="featurebank-zstd")
+    return _POOL
+
+
+def _compressor():
+    import zstandard
+
+    if not hasattr(_LOCAL, "compressor"):  # a ZstdCompressor is not thread-safe: one per thread
+        _LOCAL.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return _LOCAL.compressor
 
 
 def pooled_vectors(maps: np.ndarray) -> dict[str, np.ndarray]:
@@ -226,6 +265,7 @@ class ShardWriter:
         self.feature_shape = tuple(feature_shape)
         self.dtype = np.dtype(dtype)
         self.options = compression_options(compression)
+        self.compression = compression
         self.shard_size = shard_size
         self.key = key
         self.classes = list(classes)
@@ -257,7 +297,12 @@ class ShardWriter:
             if maps is not None and self.store == "maps":
                 ds = self._file["features"]
                 ds.resize(n + take, axis=0)
-                ds[n : n + take] = maps[part].astype(self.dtype, copy=False)
+                rows = np.ascontiguousarray(maps[part], dtype=self.dtype)
+                if self.compression == "zstd":  # compressed on a pool of threads, one chunk (image) each
+                    for row, frame in enumerate(zstd_frames(rows)):
+                        ds.id.write_direct_chunk((n + row, *([0] * len(self.feature_shape))), frame)
+                else:
+                    ds[n : n + take] = rows
             for name, values in (("sha256", sha256s), ("paths", relpaths), ("labels", labels), ("split", splits)):
                 self._rows[name].extend(values[part])
             for name in POOLED:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import featurebank
 from cli import main
+from featurebank.backbones import get_backbone
 from featurebank.index import find_indexes
 from conftest import FEATUREBANK
 
@@ -154,3 +155,34 @@ def test_predict_refuses_weights_whose_bytes_changed(tmp_path, make_images):
         fh.write(b"\0")
     with pytest.raises(ModelFileError, match="differ from the ones this model was trained with"):
         predict_images(run["run_dir"], [data / fb.paths[0]])
+
+
+def test_zstd_written_on_threads_equals_uncompressed_and_plain_h5py_reads_it(small_cache, tmp_path):
+    options = dict(weights="none", input_size=(64, 64), shard_size=64)
+    featurebank.extract(small_cache["data"], cache=tmp_path / "zstd", compression="zstd", **options)
+    zstd = featurebank.load(tmp_path / "zstd")
+    plain = featurebank.load(small_cache["cache"])
+    np.testing.assert_array_equal(zstd.X, plain.X)  # bit for bit
+    reader = ("import glob, sys, h5py, hdf5plugin, numpy; f = h5py.File(sorted(glob.glob(sys.argv[1] + '/*.shards/*.h5'))"
+              "[0]); d = f['features']; print(list(d._filters), d.chunks[0], numpy.isfinite(d[...]).all())")
+    done = subprocess.run([sys.executable, "-c", reader, str(tmp_path / "zstd")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split() == ["['32015']", "1", "True"], done.stderr
+
+
+def test_float16_cast_on_the_device_stays_within_float16_rounding():
+    """The PyTorch backbones cast to the stored dtype and pool on the device: the stored float16 maps
+    differ from the float32 forward pass by at most half a float16 step (2^-11 relative), and the
+    pooled vectors are the float32 forward's own."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
+    from featurebank.embed import Embedder
+
+    function = get_backbone("efficientnet-lite0").build("none", (96, 64), 4)
+    images = np.random.default_rng(0).integers(0, 256, (4, 96, 64, 3), dtype=np.uint8)
+    reference = function(images)
+    embedded = Embedder(function, dtype="float16")(images)
+    assert embedded.maps.dtype == np.float16
+    bound = np.abs(reference) * 2.0**-11 + 2.0**-24  # half a step at float16's 11-bit precision, and subnormals
+    assert np.all(np.abs(embedded.maps.astype(np.float32) - reference) <= bound)
+    np.testing.assert_allclose(embedded.pooled["avg"], reference.mean(axis=(1, 2)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(embedded.pooled["max"], reference.max(axis=(1, 2)))

@@ -1,0 +1,146 @@
+"""Where extraction's time goes, on any machine: forward, decode, write and end-to-end img/s, in one run.
+
+    python bench/gpu_extract.py [--images 10000] [--source ../shared/datasets/trashnet] [--backbone resnet50]
+                                [--weights none] [--batch-size 64] [--compression none] [--store maps] [--json FILE]
+
+Makes --images distinct JPEGs by re-encoding --source photos at varied JPEG quality (every file's
+bytes differ, so nothing is deduplicated), then measures on this machine (CPU or GPU, whatever
+the backbone uses):
+  forward   the embed path alone (uint8 batch → backbone → stored dtype + pooled), on decoded images
+  decode    the decoding pool alone (featurebank.images.decoded_batches), every file
+  write     the shard writer alone (same dtype, compression and shard size), on real maps repeated
+  extract   `featurebank.extract` end to end into a fresh cache, every file
+and prints each img/s and extract / min(forward, decode, write). The same script runs on a GPU
+machine (see BENCHMARKS.md for how it was run there, or why not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import TRASHNET
+from PIL import Image
+
+import featurebank
+from featurebank.embed import Embedder
+from featurebank.extraction import resolve_manifest
+from featurebank.backbones import get_backbone
+from featurebank.images import decoded_batches, default_decode_workers, load_image
+from featurebank.index import FeatureStore
+
+
+def make_distinct_jpegs(source: Path, out: Path, count: int) -> list[Path]:
+    """``count`` JPEGs re-encoded from the source photos at qualities 60–95, spread over class folders."""
+    photos = sorted(p for p in source.rglob("*.jpg"))[:300]
+    pictures = [Image.open(p).convert("RGB") for p in photos]
+    written = []
+    for i in range(count):
+        folder = out / photos[i % len(photos)].parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        pictures[i % len(pictures)].save(buffer, format="JPEG", quality=60 + (i // len(pictures)) % 36)
+        path = folder / f"copy{i:06d}.jpg"
+        path.write_bytes(buffer.getvalue())
+        written.append(path)
+    return written
+
+
+def device_description() -> str:
+    parts = [f"{os.cpu_count()} cores"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(f"torch {torch.cuda.get_device_name(0)}")
+    except ImportError:
+        pass
+    try:
+        import keras
+
+        parts.append(f"keras {keras.__version__} on {keras.backend.backend()}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--source", type=Path, default=TRASHNET)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--weights", default="none")
+    parser.add_argument("--input-size", default=None, help="HxW [the backbone's]")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--compression", default="none")
+    parser.add_argument("--store", default="maps")
+    parser.add_argument("--forward-images", type=int, default=512, help="images pushed through the forward-only pass")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    spec = get_backbone(args.backbone)
+    size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
+    work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
+    figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
+                     "batch_size": args.batch_size, "decode_workers": default_decode_workers(),
+                     "compression": args.compression, "dtype": args.dtype, "store": args.store}
+    print(json.dumps(figures))
+    try:
+        files = make_distinct_jpegs(args.source, work / "data", args.images)
+        manifest = resolve_manifest(spec, weights=args.weights, input_size=size, dtype=args.dtype, store=args.store)
+        embedder = Embedder.for_manifest(manifest, weights=args.weights, batch_size=args.batch_size, spec=spec)
+        pixels = np.stack([load_image(p, size) for p in files[: args.batch_size]])
+        embedded = embedder(pixels)  # warm-up: build, compile, first call
+        started = time.perf_counter()
+        done = 0
+        while done < args.forward_images:
+            embedded = embedder(pixels)
+            done += len(pixels)
+        figures["forward_img_s"] = done / (time.perf_counter() - started)
+
+        started = time.perf_counter()
+        decoded = sum(len(batch) for batch, _ in decoded_batches(files, lambda p: p, size, batch_size=args.batch_size))
+        figures["decode_img_s"] = decoded / (time.perf_counter() - started)
+
+        store = FeatureStore(work / "write-cache", manifest)
+        store.prepare()
+        writer = store.shard_writer(feature_shape=embedded.maps.shape[1:] if embedded.maps is not None else (),
+                                    compression=args.compression, shard_size=256, classes=["a"])
+        started = time.perf_counter()
+        for start in range(0, args.images, args.batch_size):
+            n = min(args.batch_size, args.images - start)
+            writer.write(None if embedded.maps is None else embedded.maps[:n], {k: v[:n] for k, v in embedded.pooled.items()},
+                         [f"{start + i:064x}" for i in range(n)], [f"a/{start + i}.jpg" for i in range(n)], [0] * n,
+                         ["train"] * n)
+        writer.close()
+        figures["write_img_s"] = args.images / (time.perf_counter() - started)
+
+        report = featurebank.extract(work / "data", backbone=args.backbone, cache=work / "cache", weights=args.weights,
+                                     input_size=size, batch_size=args.batch_size, dtype=args.dtype,
+                                     compression=args.compression, store=args.store)
+        figures["extract_img_s"] = report.new / (report.seconds - report.build_seconds)
+        figures["extract_img_s_with_build"] = report.images_per_s
+        limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
+        figures["extract_vs_limit"] = figures["extract_img_s"] / limit
+        print(f"forward {figures['forward_img_s']:.1f} img/s, decode {figures['decode_img_s']:.1f} img/s, write "
+              f"{figures['write_img_s']:.1f} img/s, extract {figures['extract_img_s']:.1f} img/s (model build excluded; "
+              f"{figures['extract_img_s_with_build']:.1f} with it) = {figures['extract_vs_limit']:.3f} of "
+              f"min(forward, decode, write)")
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The benchmark scripts that must run anywhere run here, at a small size (their figures are in BENCHMARKS.md)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
+    make_images(tmp_path / "source", 4)
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, "gpu_extract.py", "--images", "48", "--source", str(tmp_path / "source"),
+                           "--backbone", "rgb-stats", "--input-size", "64x48", "--batch-size", "8",
+                           "--forward-images", "32", "--compression", "zstd", "--json", str(out)],
+                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    for name in ("forward_img_s", "decode_img_s", "write_img_s", "extract_img_s"):
+        assert figures[name] > 0, name
+    limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
+    assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9

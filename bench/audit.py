@@ -3,10 +3,11 @@
     python bench/audit.py --cache CACHE [--data ../shared/datasets/trashnet] [--backbone efficientnet-lite0]
                           [--copies 60] [--synthetic 200000]
 
-1. Threshold: for --copies TrashNet photos, a JPEG re-encode at quality 70 and a 90% resize are
-   embedded exactly as extract would (featurebank.embed); prints the cosine similarity of each copy
-   to its original (must be found) next to each cached photo's most similar *other* photo (must
-   mostly not be flagged), so the default threshold sits between them.
+1. Thresholds: for --copies TrashNet photos, a JPEG re-encode at quality 70 and a 90% resize are
+   embedded exactly as extract would (featurebank.embed), and their grey thumbnails computed as the
+   audit does; prints each copy's feature cosine and thumbnail correlation to its original (must be
+   found) next to each cached photo's most similar *other* photo (must mostly not be flagged), and
+   how many distinct pairs pass both default thresholds.
 2. The whole `featurebank audit` on the cache, timed (warm: quality statistics cached).
 3. Near-duplicate search (featurebank.similarity.near_pairs) on --synthetic random pooled vectors
    of 1280 dimensions with planted copies: seconds and peak resident memory.
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import resource
 import tempfile
 import time
@@ -26,7 +26,8 @@ from common import TRASHNET, machine
 from PIL import Image
 
 import featurebank
-from classifiers.audit import NEAR_THRESHOLD, audit
+from classifiers.audit import audit
+from classifiers.options import FEATURE_THRESHOLD, PIXEL_THRESHOLD
 from featurebank.embed import Embedder
 from featurebank.images import load_image
 from featurebank.similarity import near_pairs, nearest_neighbour_distance
@@ -37,38 +38,41 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def copies_similarity(cache: Path, backbone: str, data: Path, count: int) -> None:
+    from featurebank.quality import photo_statistics, thumbnail_similarity
+
     fs = featurebank.load(cache, backbone, pooling="avg")
     manifest = {**fs.manifest, "store": "pooled"}
     embedder = Embedder.for_manifest(manifest, weights="imagenet", batch_size=8)
     size = tuple(manifest["input_size"])
     rows = np.linspace(0, len(fs) - 1, count).astype(int)
+    _, thumbnails = photo_statistics([data / p for p in fs.paths], fs.sha256, cache_dir=Path(fs.cache_file).parent)
+    vectors = unit(fs.X)
     with tempfile.TemporaryDirectory() as folder:
         variants = {"JPEG quality 70": [], "resized to 90%": []}
         for row in rows:
             with Image.open(data / fs.paths[row]) as image:
                 image = image.convert("RGB")
-                buffer = io.BytesIO()
-                image.save(buffer, format="JPEG", quality=70)
                 path = Path(folder) / f"{row}-q70.jpg"
-                path.write_bytes(buffer.getvalue())
+                image.save(path, quality=70)
                 variants["JPEG quality 70"].append(path)
                 path = Path(folder) / f"{row}-90.jpg"
                 image.resize((int(image.width * 0.9), int(image.height * 0.9)), Image.BILINEAR).save(path, quality=95)
                 variants["resized to 90%"].append(path)
-        originals = unit(fs.X[rows])
         for name, paths in variants.items():
             pixels = np.stack([load_image(p, size) for p in paths])
-            vectors = np.concatenate([embedder(pixels[i : i + 8]).pooled["avg"] for i in range(0, len(pixels), 8)])
-            sims = np.sum(unit(vectors) * originals, axis=1)
-            print(f"{name}: similarity to its original min {sims.min():.4f}, median {np.median(sims):.4f} "
-                  f"({count} photos)")
-    vectors = unit(fs.X)
+            copies = np.concatenate([embedder(pixels[i : i + 8]).pooled["avg"] for i in range(0, len(pixels), 8)])
+            cosine = np.sum(unit(copies) * vectors[rows], axis=1)
+            _, copy_thumbs = photo_statistics(paths, [f"{i:064x}" for i in range(len(paths))])
+            pixel = np.array([thumbnail_similarity(a, thumbnails[r]) for a, r in zip(copy_thumbs, rows)])
+            print(f"{name} ({count} photos): feature cosine to the original min {cosine.min():.3f}, median "
+                  f"{np.median(cosine):.3f}; thumbnail correlation min {pixel.min():.4f}")
     nearest = 1 - nearest_neighbour_distance(vectors, 1)
-    distinct = nearest[~np.isin(np.arange(len(fs)), [i for i, j, _ in near_pairs(vectors, 0.9999)])]
-    for q in (50, 90, 99, 99.9):
-        print(f"most similar other photo, {q}th percentile over the cache: {np.percentile(distinct, q):.4f}")
-    print(f"photos whose most similar other photo is ≥ {NEAR_THRESHOLD}: {(distinct >= NEAR_THRESHOLD).sum()} "
-          f"of {len(distinct)}")
+    print("most similar other photo's feature cosine, percentiles 50/90/99: "
+          + " / ".join(f"{np.percentile(nearest, q):.3f}" for q in (50, 90, 99)))
+    candidates = [(i, j) for i, j, _ in near_pairs(vectors, FEATURE_THRESHOLD) if fs.sha256[i] != fs.sha256[j]]
+    pixel = np.array([thumbnail_similarity(thumbnails[i], thumbnails[j]) for i, j in candidates])
+    print(f"distinct pairs with feature cosine ≥ {FEATURE_THRESHOLD}: {len(candidates)}; of these, thumbnail "
+          f"correlation ≥ {PIXEL_THRESHOLD}: {(pixel >= PIXEL_THRESHOLD).sum()} (reported as near-duplicates)")
 
 
 def synthetic_search(count: int, dims: int = 1280) -> None:
@@ -79,7 +83,7 @@ def synthetic_search(count: int, dims: int = 1280) -> None:
     vectors = unit(vectors)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    pairs = near_pairs(vectors, NEAR_THRESHOLD)
+    pairs = near_pairs(vectors, FEATURE_THRESHOLD)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     found = {(min(i, j), max(i, j)) for i, j, _ in pairs}

@@ -4,7 +4,7 @@ Findings, each a list of dicts with at least ``paths`` and ``labels``:
 
 * exact_duplicates: the same bytes (same sha256) under several paths; ``kind`` is 'copy' (one
   class) or 'label conflict' (several classes); ``splits`` says where each copy is.
-* near_duplicates: pairs whose pooled features have cosine similarity ≥ ``feature_threshold`` and
+* near_duplicates: pairs whose pooled features have cosine similarity ≥ ``feature_threshold`` (candidates) and
   whose grey thumbnails correlate ≥ ``pixel_threshold`` (re-encoded, resized or re-shot copies);
   ``kind`` flags 'leak' (across splits) and 'label conflict'.
 * label_issues: images whose given label gets low out-of-fold probability (an evaluate run's, or a

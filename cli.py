@@ -142,14 +142,16 @@ def main() -> None:
 @click.option("--ray-address", default=None,
               help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray instance.")
 @click.option("--rebuild", is_flag=True, help="Delete this cache key's stored features and start over.")
+@click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Do not compute or index the images of an exclusion list (featurebank audit --write-exclude).")
 @click.option("--rehash", is_flag=True, help="Hash every file again instead of trusting the (size, time, inode) memo.")
 @click.option("--verify", is_flag=True, help="Open every shard and set aside damaged ones (their images are recomputed).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 if any file was skipped.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human text goes to stderr.")
 def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, input_size,
-            split_fractions, split_seed, balanced, shard_size, decode_workers, engine, ray_address, rebuild, rehash, verify,
-            strict, quiet, as_json):
+            split_fractions, split_seed, balanced, shard_size, decode_workers, engine, ray_address, rebuild, exclude, rehash,
+            verify, strict, quiet, as_json):
     """Run the frozen backbone once per image of DATA and store the features in the cache.
 
     Images already in the cache (same bytes, same backbone, weights, size and dtype) are not
@@ -160,7 +162,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
         data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
         input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
         compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
-        rebuild=rebuild, rehash=rehash, verify=verify, engine=engine, ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
+        rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine, ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
     if as_json:
@@ -219,6 +221,8 @@ def cache_selection(command):
         click.option("--dtype", default=None, type=click.Choice(DTYPES),
                      help="Pick the cache of this dtype, if several."),
         click.option("--key", default=None, help="Pick a cache by (a prefix of) its key."),
+        click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="Leave out the images of an exclusion list (featurebank audit --write-exclude)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -275,7 +279,7 @@ def print_training_result(result: dict, as_json: bool) -> None:
               help="flatten = the study's Flatten → Dense; avg/max pool each feature map first.")
 @click.option("--stream/--in-memory", default=None,
               help="Stream features from HDF5 instead of loading them [auto: stream if they exceed half the free RAM].")
-def train_head(cache, backbone, weights, dtype, key, optimizer, learning_rate, epochs, batch_size, patience,
+def train_head(cache, backbone, weights, dtype, key, exclude, optimizer, learning_rate, epochs, batch_size, patience,
                start_from_epoch, seed, repeats, balanced, runs_dir, name, verbose, as_json, pooling, stream):
     """Train the study's head on the cache's train split, stop early on val, report on test.
 
@@ -286,7 +290,7 @@ def train_head(cache, backbone, weights, dtype, key, optimizer, learning_rate, e
     result = run(cache, backbone, optimizer=optimizer, learning_rate=learning_rate, pooling=pooling, epochs=epochs,
                  batch_size=batch_size, patience=patience, start_from_epoch=start_from_epoch, seed=seed,
                  repeats=repeats, balanced=balanced, weights=weights, dtype=dtype, key=key, runs_dir=runs_dir,
-                 name=name, stream=stream, verbose=2 if verbose else 0)
+                 name=name, stream=stream, exclude=exclude, verbose=2 if verbose else 0)
     print_training_result(result, as_json)
 
 
@@ -328,7 +332,7 @@ def predict(run_dir, weights, batch_size, as_json, images):
 @click.option("--image-size", type=SizeType(), default="512x384", show_default=True,
               help="Train at HxW (smaller is much faster on a CPU).")
 @click.option("--augment", is_flag=True, help="Random flips, shifts and brightness while training (not in the study).")
-def train_cnn(cache, backbone, weights, dtype, key, optimizer, learning_rate, epochs, batch_size, patience,
+def train_cnn(cache, backbone, weights, dtype, key, exclude, optimizer, learning_rate, epochs, batch_size, patience,
               start_from_epoch, seed, repeats, balanced, runs_dir, name, verbose, as_json, variant, data, image_size,
               augment):
     """Train a CNN from scratch on the same train/val/test images as the cache's splits.
@@ -340,7 +344,8 @@ def train_cnn(cache, backbone, weights, dtype, key, optimizer, learning_rate, ep
     result = run(cache, backbone, variant=variant, optimizer=optimizer, learning_rate=learning_rate,
                  image_size=image_size, augment=augment, epochs=epochs, batch_size=batch_size, patience=patience,
                  start_from_epoch=start_from_epoch, seed=seed, repeats=repeats, balanced=balanced, data=data,
-                 weights=weights, dtype=dtype, key=key, runs_dir=runs_dir, name=name, verbose=2 if verbose else 0)
+                 weights=weights, dtype=dtype, key=key, runs_dir=runs_dir, name=name, exclude=exclude,
+                 verbose=2 if verbose else 0)
     for item in result["skipped"]:
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
     print_training_result(result, as_json)
@@ -363,6 +368,8 @@ def train_cnn(cache, backbone, weights, dtype, key, optimizer, learning_rate, ep
 @click.option("--weights", default=None, help="Pick the cache made with these weights, if several.")
 @click.option("--dtype", default=None, type=click.Choice(DTYPES), help="Pick the cache of this dtype.")
 @click.option("--key", default=None, help="Pick a cache by (a prefix of) its key.")
+@click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Leave out the images of an exclusion list (featurebank audit --write-exclude).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first run.")
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Runs with seeds seed..seed+N-1.")
 @click.option("--balanced", type=click.IntRange(1), default=None, help="Use N images per class.")
@@ -370,13 +377,13 @@ def train_cnn(cache, backbone, weights, dtype, key, optimizer, learning_rate, ep
 @click.option("--name", default=None, help="Run folder name suffix.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def train_svm(features, cache, pooling, data, image_size, vocabulary_size, backbone_for_splits, weights, dtype, key,
-              seed, repeats, balanced, runs_dir, name, as_json):
+              exclude, seed, repeats, balanced, runs_dir, name, as_json):
     """Standardised RBF SVC with C and gamma chosen by cross-validation on train+val, reported on test."""
     from classifiers.jobs import train_svm as run
 
     result = run(cache, features=features, pooling=pooling, image_size=image_size, vocabulary_size=vocabulary_size,
                  seed=seed, repeats=repeats, balanced=balanced, data=data, backbone_for_splits=backbone_for_splits,
-                 weights=weights, dtype=dtype, key=key, runs_dir=runs_dir, name=name)
+                 weights=weights, dtype=dtype, key=key, runs_dir=runs_dir, name=name, exclude=exclude)
     for item in result["skipped"]:
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
     print_training_result(result, as_json)

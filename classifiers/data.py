@@ -43,7 +43,7 @@ def memory_budget() -> int:
 
 def load_splits(cache="cache", backbone: str = "resnet50", *, pooling: str = "flatten", balanced: int | None = None,
                 weights: str | None = None, dtype: str | None = None, key: str | None = None,
-                stream: bool | None = None) -> SplitData:
+                stream: bool | None = None, exclude=None) -> SplitData:
     """Features of the cache's stored train/val/test splits, pooled at load time for 'avg'/'max'.
 
     ``stream=None`` streams from HDF5 only when the features would take more than ``memory_budget()``.
@@ -51,7 +51,7 @@ def load_splits(cache="cache", backbone: str = "resnet50", *, pooling: str = "fl
     load_pooling = pooling if pooling in ("avg", "max") else None
     path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key) \
         if not str(cache).endswith(".h5") else cache
-    everything = featurebank.load(path, pooling=load_pooling, balanced=balanced, lazy=True)
+    everything = featurebank.load(path, pooling=load_pooling, balanced=balanced, exclude=exclude, lazy=True)
     if stream is None:
         stream = everything.X.shape[0] * int(np.prod(everything.X.shape[1:])) * 4 > memory_budget()
     splits = {}
@@ -82,13 +82,14 @@ class SplitImages:
 
 
 def load_split_images(cache="cache", backbone: str = "resnet50", *, data=None, balanced: int | None = None,
-                      weights: str | None = None, dtype: str | None = None, key: str | None = None) -> SplitImages:
+                      weights: str | None = None, dtype: str | None = None, key: str | None = None,
+                      exclude=None) -> SplitImages:
     """The images behind a cache's splits, found under ``data`` (default: the folder recorded at extraction)."""
     from pathlib import Path
 
     path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key) \
         if not str(cache).endswith(".h5") else cache
-    info = featurebank.load(path, balanced=balanced, lazy=True)
+    info = featurebank.load(path, balanced=balanced, exclude=exclude, lazy=True)
     info.X.close()
     root = Path(data or info.attrs.get("data_root", ""))
     if not root.is_dir():

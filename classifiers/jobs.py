@@ -46,10 +46,11 @@ def train_head(cache="cache", backbone: str = "resnet50", *, optimizer: str = "r
                pooling: str = "flatten", epochs: int = 40, batch_size: int = 32, patience: int = 5,
                start_from_epoch: int = 10, seed: int = 0, repeats: int = 1, balanced: int | None = None,
                weights: str | None = None, dtype: str | None = None, key: str | None = None,
-               runs_dir="runs", name: str | None = None, stream: bool | None = None, verbose: int = 0) -> dict:
+               runs_dir="runs", name: str | None = None, stream: bool | None = None, exclude=None,
+               verbose: int = 0) -> dict:
     """Train the dense head on a cache's train split, early-stop on val, evaluate on test; write run folders."""
     data = load_splits(cache, backbone, pooling=pooling, balanced=balanced, weights=weights, dtype=dtype, key=key,
-                       stream=stream)
+                       stream=stream, exclude=exclude)
     (X_train, y_train), (X_val, y_val), (X_test, y_test) = (data.splits[s] for s in ("train", "val", "test"))
     label = name or f"{backbone}-{pooling}-{optimizer}"
     params = _keras_params(optimizer, learning_rate, epochs, batch_size, patience, start_from_epoch)
@@ -86,11 +87,12 @@ def train_cnn(cache="cache", backbone: str = "resnet50", *, variant: str = "funn
               learning_rate=None, image_size=(512, 384), augment: bool = False, epochs: int = 40,
               batch_size: int = 32, patience: int = 5, start_from_epoch: int = 10, seed: int = 0, repeats: int = 1,
               balanced: int | None = None, data=None, weights=None, dtype=None, key=None, runs_dir="runs",
-              name: str | None = None, verbose: int = 0) -> dict:
+              name: str | None = None, exclude=None, verbose: int = 0) -> dict:
     """Train one of the study's CNNs on the images of a cache's splits (so CNNs and heads see the same images)."""
     from classifiers.cnn import CNNClassifier
 
-    images = load_split_images(cache, backbone, data=data, balanced=balanced, weights=weights, dtype=dtype, key=key)
+    images = load_split_images(cache, backbone, data=data, balanced=balanced, weights=weights, dtype=dtype, key=key,
+                               exclude=exclude)
     decoded, skipped = _decode_splits(images, tuple(image_size))
     (X_train, y_train), (X_val, y_val), (X_test, y_test) = (decoded[s] for s in ("train", "val", "test"))
     label = name or f"cnn-{variant}-{optimizer}"
@@ -118,7 +120,7 @@ def train_cnn(cache="cache", backbone: str = "resnet50", *, variant: str = "funn
 def train_svm(cache="cache", *, features: str = "resnet50", pooling: str = "avg", image_size=(512, 384),
               vocabulary_size: int = 200, seed: int = 0, repeats: int = 1, balanced: int | None = None, data=None,
               backbone_for_splits: str = "resnet50", weights=None, dtype=None, key=None, runs_dir="runs",
-              name: str | None = None) -> dict:
+              name: str | None = None, exclude=None) -> dict:
     """SVC on pooled cached features (``features`` = a backbone name) or on SIFT bags of words ('classic')."""
     import joblib
 
@@ -128,13 +130,13 @@ def train_svm(cache="cache", *, features: str = "resnet50", pooling: str = "avg"
     provenance: dict = {}
     if features == "classic":
         images = load_split_images(cache, backbone_for_splits, data=data, balanced=balanced, weights=weights,
-                                   dtype=dtype, key=key)
+                                   dtype=dtype, key=key, exclude=exclude)
         splits, skipped = _decode_splits(images, tuple(image_size))
         classes, cache_key, cache_file = images.classes, images.key, images.cache_file
         description = {"features": "classic", "image_size": list(image_size), "vocabulary_size": vocabulary_size}
     else:
         loaded = load_splits(cache, features, pooling=pooling, balanced=balanced, weights=weights, dtype=dtype,
-                             key=key, stream=False)
+                             key=key, stream=False, exclude=exclude)
         splits = {k: (np.asarray(X), y) for k, (X, y) in loaded.splits.items()}
         classes, cache_key, cache_file = loaded.classes, loaded.key, loaded.cache_file
         description = {"features": features, "pooling": pooling}

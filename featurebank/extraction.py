@@ -108,7 +108,8 @@ class ExtractionPlan:
 
 def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, input_size, split_seed: int,
                     split_fractions, balanced: int | None, store: str = "maps", augment: str = "none",
-                    rebuild: bool = False, rehash: bool = False, verify: bool = False, warn=None) -> ExtractionPlan:
+                    rebuild: bool = False, rehash: bool = False, verify: bool = False, exclude=None,
+                    warn=None) -> ExtractionPlan:
     """Scan ``data`` (hashing only files whose size, time or inode changed) and read what the cache holds."""
     spec = get_backbone(backbone)
     size = tuple(input_size or spec.input_size)
@@ -119,6 +120,13 @@ def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, inp
     feature_store.prepare()
     scan = scan_folder(data, memo_dir=feature_store.cache_dir, rehash=rehash)
     samples = scan.samples
+    excluded = 0
+    if exclude is not None:
+        from featurebank.load import read_exclusions
+
+        listed = read_exclusions(exclude)
+        excluded = sum(1 for s in samples if s.sha256 in listed)
+        samples = [s for s in samples if s.sha256 not in listed]
     if balanced is not None:
         keep = balanced_subset([s.sha256 for s in samples], [s.label for s in samples], balanced, seed=split_seed)
         samples = [s for s, k in zip(samples, keep) if k]
@@ -126,7 +134,7 @@ def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, inp
     splits = dict(zip(digests, assign_splits(digests, seed=split_seed, fractions=split_fractions).tolist()))
     index_attrs = {
         "data_root": str(scan.root), "split_seed": split_seed, "split_fractions": list(split_fractions),
-        "balanced": -1 if balanced is None else balanced,
+        "balanced": -1 if balanced is None else balanced, "excluded": excluded,
         "weights_source": weights if weights in spec.weights_values else str(Path(weights).expanduser().resolve()),
     }
     return ExtractionPlan(feature_store, spec, size, samples, splits, scan.classes,
@@ -151,6 +159,7 @@ def extract(
     store: str = "maps",
     augment: str = "none",
     rebuild: bool = False,
+    exclude: str | os.PathLike | None = None,
     rehash: bool = False,
     verify: bool = False,
     lease_seconds: float = 60.0,
@@ -170,7 +179,7 @@ def extract(
     plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
                            input_size=input_size, split_seed=split_seed, split_fractions=split_fractions,
                            balanced=balanced, store=store, augment=augment, rebuild=rebuild, rehash=rehash,
-                           verify=verify, warn=warn)
+                           verify=verify, exclude=exclude, warn=warn)
     feature_store, todo = plan.store, plan.todo
     if engine not in ENGINES:
         raise InvalidArgument(f"engine must be one of {', '.join(ENGINES)}; received {engine!r}")

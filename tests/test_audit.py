@@ -102,8 +102,18 @@ def test_exclusion_list_is_accepted_by_load_and_evaluate(planted):
     assert "label error" in reasons[digest["paper/mislabelled-metal.jpg"]]
     assert "photo quality" in reasons[digest["paper/dark.jpg"]]
     assert digest["paper/paper1.jpg"] not in reasons  # a harmless copy stays
-    kept = featurebank.load(planted["root"] / "cache", pooling="avg", exclude=planted["root"] / "exclude.txt")
-    assert len(kept) == len(fs) - sum(np.isin(fs.sha256, list(reasons)))
+    exclude = planted["root"] / "exclude.txt"
+    left = len(fs) - sum(np.isin(fs.sha256, list(reasons)))
+    kept = featurebank.load(planted["root"] / "cache", pooling="avg", exclude=exclude)
+    assert len(kept) == left
+    report = featurebank.extract(planted["data"], cache=planted["root"] / "cache-excluded", weights="none",
+                                 input_size=(64, 64), exclude=exclude)
+    assert report.images == left and digest["paper/dark.jpg"] not in featurebank.load(report.cache_file).sha256
+    result = CliRunner().invoke(main, ["evaluate", "--cache", str(planted["root"] / "cache"), "--backbone", "resnet50",
+                                       "--head", "logreg", "--folds", "2", "--exclude", str(exclude), "--runs-dir",
+                                       str(planted["root"] / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == left
 
 
 def test_clean_data_has_no_duplicates(tmp_path):

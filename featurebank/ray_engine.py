@@ -54,8 +54,19 @@ class EmbedActor:
     """A Ray Data actor: builds the embedder once (on its GPU, if any) and embeds the decodable rows of each batch."""
 
     def __init__(self, manifest: dict, weights: str, batch_size: int):
+        import ray
+
         from featurebank.embed import Embedder
 
+        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
+        if cpus > 1:  # Ray starts workers with OMP_NUM_THREADS=1; give the backbone the cores it was granted
+            os.environ["OMP_NUM_THREADS"] = str(cpus)
+            try:
+                import torch
+
+                torch.set_num_threads(cpus)
+            except ImportError:
+                pass
         self.embedder = Embedder.for_manifest(manifest, weights=weights, batch_size=batch_size)
 
     def __call__(self, batch: dict) -> dict:
@@ -171,19 +182,23 @@ def run_ray(plan, todo, *, weights: str, batch_size: int, compression: str, shar
         check_shared_paths(ray, {"data folder": Path(todo[0].root), "cache folder": plan.store.shard_dir})
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        actors = gpus if gpus else max(1, int(resources.get("CPU", 1)) // 2)
+        cpus = int(resources.get("CPU", 1))
+        actors = gpus if gpus else max(1, cpus // 2)
+        actor_cpus = 0 if gpus else max(1, (cpus - 1) // actors)
         items = [{"relpath": s.relpath, "sha256": s.sha256, "label": s.label, "split": plan.splits[s.sha256]}
                  for s in todo]
         data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * actors)))
-        data = data.map_batches(decode_rows, batch_size=batch_size, batch_format="numpy",
+        # Decoding and writing take a fraction of a CPU each, so that on a small machine they never wait
+        # behind the embedding actors for a whole core (Ray's default is one CPU per task).
+        data = data.map_batches(decode_rows, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
                                 fn_kwargs={"root": todo[0].root, "input_size": plan.input_size})
         data = data.map_batches(
             EmbedActor, batch_size=batch_size, batch_format="numpy", concurrency=actors,
             fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size},
-            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=-1, max_task_retries=-1)
+            num_gpus=1 if gpus else 0, num_cpus=actor_cpus, max_restarts=-1, max_task_retries=-1)
         sink = _shard_datasink(ray.data.Datasink)(plan.store, classes=plan.classes, compression=compression,
                                                   shard_size=shard_size)
-        data.write_datasink(sink)
+        data.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
         results = sink.results
     finally:
         if started_here:

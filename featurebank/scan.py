@@ -90,8 +90,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hash_file(Path(path))[0]
 
 
+_SYSTEM_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
+
+
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name in {"Thumbs.db", "desktop.ini", "__MACOSX"}
+    return name[:1] == "." or name in _SYSTEM_NAMES
 
 
 def inspect_file(path: Path, info: os.stat_result | None = None) -> tuple[str, str] | Skipped:
@@ -129,27 +132,28 @@ class HashMemo:
     def __init__(self, path: Path | None, *, enabled: bool = True):
         self.path = path
         self.started_ns = time.time_ns()
-        self.entries: dict[bytes, tuple[int, int, int, bytes, bytes]] = {}
-        self.seen: list[tuple[bytes, int, int, int, bytes, bytes]] = []
+        self.entries: dict[str, tuple[int, int, int, str, str]] = {}
+        self.seen: list[tuple[str, int, int, int, str, str]] = []
         self.changed = False
         if path is not None and enabled and path.is_file():
             try:
                 with np.load(path) as memo:
-                    columns = [memo[k].tolist() for k in ("relpath", "size", "mtime_ns", "inode", "sha256", "format")]
+                    columns = [np.char.decode(memo["relpath"], "utf-8").tolist()]
+                    columns += [memo[k].tolist() for k in ("size", "mtime_ns", "inode")]
+                    columns += [memo[k].astype(str).tolist() for k in ("sha256", "format")]
                 self.entries = {row[0]: tuple(row[1:]) for row in zip(*columns)}
             except (OSError, ValueError, KeyError):
                 self.entries = {}  # an unreadable memo only costs a full re-hash
 
     def inspect(self, path: str, relpath: str, info: os.stat_result) -> tuple[str, str] | Skipped:
-        key = relpath.encode()
-        known = self.entries.get(key)
-        if known is not None and known[:3] == (info.st_size, info.st_mtime_ns, info.st_ino):
-            found = known[3].decode(), known[4].decode()
+        known = self.entries.get(relpath)
+        if known is not None and known[0] == info.st_size and known[1] == info.st_mtime_ns and known[2] == info.st_ino:
+            found = known[3], known[4]
         else:
             found = inspect_file(Path(path), info)
             self.changed = True
-        if not isinstance(found, Skipped) and info.st_mtime_ns < self.started_ns - self.RACY_NS:
-            self.seen.append((key, info.st_size, info.st_mtime_ns, info.st_ino, found[0].encode(), found[1].encode()))
+        if found.__class__ is not Skipped and info.st_mtime_ns < self.started_ns - self.RACY_NS:
+            self.seen.append((relpath, info.st_size, info.st_mtime_ns, info.st_ino, found[0], found[1]))
         return found
 
     def save(self) -> None:
@@ -160,9 +164,10 @@ class HashMemo:
 
         rows = list(zip(*self.seen)) if self.seen else [[]] * 6
         buffer = io.BytesIO()
-        np.savez(buffer, relpath=np.array(rows[0], dtype="S"), size=np.array(rows[1], np.int64),
-                 mtime_ns=np.array(rows[2], np.int64), inode=np.array(rows[3], np.uint64),
-                 sha256=np.array(rows[4], dtype="S64"), format=np.array(rows[5], dtype="S4"))
+        np.savez(buffer, relpath=np.char.encode(np.array(rows[0], dtype=str), "utf-8") if rows[0] else np.array([], "S"),
+                 size=np.array(rows[1], np.int64), mtime_ns=np.array(rows[2], np.int64),
+                 inode=np.array(rows[3], np.uint64), sha256=np.array(rows[4], dtype="S64"),
+                 format=np.array(rows[5], dtype="S4"))
         with contextlib.suppress(OSError):
             write_atomically(self.path, buffer.getvalue())
 

@@ -6,8 +6,8 @@
    from the CLI as a user runs them (process start and model build included in both): img/s and
    their ratio, and whether the two caches hold the same features bit for bit.
 2. A two-node cluster on this machine (Ray's `ray.cluster_utils.Cluster`: a head and a second
-   node of one CPU each, each its own raylet), then `--engine ray --ray-address` it: how many nodes
-   committed shards.
+   node, each its own raylet with 2 logical CPUs, so that each runs an embedding actor), then
+   `--engine ray --ray-address` it: how many nodes committed shards.
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def main() -> None:
               f"(largest difference {difference:.3g})")
         from ray.cluster_utils import Cluster
 
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        cluster.add_node(num_cpus=1)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+        cluster.add_node(num_cpus=2)  # logical CPUs: two embedding actors, one per node (SPREAD)
         try:
             two, two_s = cli_extract(data, work / "two-nodes", args.backbone, "--engine", "ray", "--ray-address",
                                      cluster.address)
-            print(f"two-node cluster on this machine (ray.cluster_utils.Cluster, 1 CPU each): {two['new']} images in "
+            print(f"two-node cluster on this machine (ray.cluster_utils.Cluster, 2 logical CPUs each): {two['new']} images in "
                   f"{two_s:.1f} s, {two['workers']} actor(s), shards committed by {two['nodes']} node(s)")
         finally:
             cluster.shutdown()

@@ -12,7 +12,9 @@ the local engine reports them. The data and cache folders must have the same pat
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -39,6 +41,9 @@ def decode_rows(batch: dict, *, root: str, input_size: tuple[int, int]) -> dict:
     """A Ray Data CPU task: relpaths → uint8 pixels; a file that fails keeps its row, with the reason in ``error``."""
     from featurebank.images import ImageDecodeError, decode_failure, load_image
 
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 10)  # a decoding worker yields the CPU to the backbone, as locally
+
     pixels = np.zeros((len(batch["relpath"]), *input_size, 3), np.uint8)
     errors = []
     for i, relpath in enumerate(batch["relpath"]):
@@ -53,20 +58,18 @@ def decode_rows(batch: dict, *, root: str, input_size: tuple[int, int]) -> dict:
 class EmbedActor:
     """A Ray Data actor: builds the embedder once (on its GPU, if any) and embeds the decodable rows of each batch."""
 
-    def __init__(self, manifest: dict, weights: str, batch_size: int):
-        import ray
-
+    def __init__(self, manifest: dict, weights: str, batch_size: int, threads: int):
         from featurebank.embed import Embedder
 
-        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
-        if cpus > 1:  # Ray starts workers with OMP_NUM_THREADS=1; give the backbone the cores it was granted
-            os.environ["OMP_NUM_THREADS"] = str(cpus)
-            try:
-                import torch
+        # Ray starts workers with OMP_NUM_THREADS=1; the backbone gets its share of the node's cores, as the
+        # local engine's backbone gets the machine's (helpers run at lower priority in both engines).
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        try:
+            import torch
 
-                torch.set_num_threads(cpus)
-            except ImportError:
-                pass
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
         self.embedder = Embedder.for_manifest(manifest, weights=weights, batch_size=batch_size)
 
     def __call__(self, batch: dict) -> dict:
@@ -185,6 +188,9 @@ def run_ray(plan, todo, *, weights: str, batch_size: int, compression: str, shar
         cpus = int(resources.get("CPU", 1))
         actors = gpus if gpus else max(1, cpus // 2)
         actor_cpus = 0 if gpus else max(1, (cpus - 1) // actors)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        node_cpus = max(int(n.get("Resources", {}).get("CPU", 1)) for n in nodes)
+        threads = max(1, node_cpus // max(1, math.ceil(actors / len(nodes))))
         items = [{"relpath": s.relpath, "sha256": s.sha256, "label": s.label, "split": plan.splits[s.sha256]}
                  for s in todo]
         data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * actors)))
@@ -196,7 +202,8 @@ def run_ray(plan, todo, *, weights: str, batch_size: int, compression: str, shar
                                 fn_kwargs={"root": todo[0].root, "input_size": plan.input_size})
         data = data.map_batches(
             EmbedActor, batch_size=batch_size, batch_format="numpy", concurrency=actors,
-            fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size},
+            fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size,
+                                   "threads": threads},
             num_gpus=1 if gpus else 0, num_cpus=actor_cpus, max_restarts=-1, max_task_retries=-1,
             scheduling_strategy="SPREAD")
         sink = _shard_datasink(ray.data.Datasink)(plan.store, classes=plan.classes, compression=compression,

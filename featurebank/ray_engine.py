@@ -196,16 +196,16 @@ def run_ray(plan, todo, *, weights: str, batch_size: int, compression: str, shar
         data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * actors)))
         # Decoding and writing take a fraction of a CPU each, so that on a small machine they never wait
         # behind the embedding actors for a whole core (Ray's default is one CPU per task).
-        # Every stage spreads its tasks over the nodes (Ray's SPREAD strategy), so all nodes decode and write.
+        # Ray Data spreads tasks over the nodes by default; the actors and write tasks are spread explicitly,
+        # so that every node embeds and writes.
         data = data.map_batches(decode_rows, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
-                                scheduling_strategy="SPREAD",
                                 fn_kwargs={"root": todo[0].root, "input_size": plan.input_size})
         data = data.map_batches(
             EmbedActor, batch_size=batch_size, batch_format="numpy", concurrency=actors,
             fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size,
                                    "threads": threads},
-            num_gpus=1 if gpus else 0, num_cpus=actor_cpus, max_restarts=-1, max_task_retries=-1,
-            scheduling_strategy="SPREAD")
+            num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
+            ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD", "max_restarts": -1, "max_task_retries": -1})
         sink = _shard_datasink(ray.data.Datasink)(plan.store, classes=plan.classes, compression=compression,
                                                   shard_size=shard_size)
         data.write_datasink(sink, ray_remote_args={"num_cpus": 0.25, "scheduling_strategy": "SPREAD"})

@@ -87,10 +87,6 @@ def _shard_files(shard_dir: Path) -> dict[str, os.stat_result]:
     return {}
 
 
-def _decode(values) -> np.ndarray:
-    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
-
-
 def read_base(index_path: Path) -> h5py.File | None:
     """The consolidated index opened read-only, None if absent; a clear CacheError if damaged or too old."""
     if not index_path.exists():

@@ -204,6 +204,7 @@ def info(cache, as_json):
         click.echo(
             f"{os.path.basename(row['cache_file'])}  backbone={row['backbone']} weights={row['weights'][:23]} "
             f"dtype={row['dtype']} input={'x'.join(map(str, row['input_size']))} features={shape} "
+            f"store={row['store']} augment={row['augment']} "
             f"images={row['images']} size={row['bytes'] / 1e6:.1f} MB"
         )
     for message in broken:

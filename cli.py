@@ -200,7 +200,7 @@ def info(cache, as_json):
     if not rows and not broken:
         click.echo(f"{cache}: no feature caches (create one with `featurebank extract --data DIR`)")
     for row in rows:
-        shape = "x".join(map(str, row["feature_shape"]))
+        shape = "x".join(map(str, row["feature_shape"])) or "none (pooled vectors only)"
         click.echo(
             f"{os.path.basename(row['cache_file'])}  backbone={row['backbone']} weights={row['weights'][:23]} "
             f"dtype={row['dtype']} input={'x'.join(map(str, row['input_size']))} features={shape} "

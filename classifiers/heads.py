@@ -7,6 +7,8 @@ import numpy as np
 from classifiers.base import ClassifierBase
 from classifiers.batches import make_batches, predict_in_batches
 from classifiers.options import OPTIMIZERS
+
+STEPS_PER_EXECUTION = 32
 from featurebank.errors import InvalidArgument
 from featurebank.quiet import import_keras
 
@@ -33,8 +35,10 @@ def early_stopping(*, patience: int, start_from_epoch: int, monitor: str = "val_
 def fit_keras_model(estimator, model, X, y_encoded, validation_data, *, optimizer: str, learning_rate,
                     epochs: int, batch_size: int, patience: int, start_from_epoch: int, seed: int, verbose: int):
     """Compile and train ``model`` the study's way; stores ``model_``, ``history_``, ``best_epoch_``."""
+    # Up to STEPS_PER_EXECUTION training steps per call into the backend: the same updates in the same order
+    # (identical results, tested), far fewer host round-trips for heads whose steps take microseconds.
     model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
     train = make_batches(X, y_encoded, batch_size=batch_size, shuffle=True, seed=seed)
     callbacks, validation = [], None
     if validation_data is not None:

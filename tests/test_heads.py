@@ -107,3 +107,16 @@ def test_tampered_or_missing_model_is_refused(small_cache, tmp_path):
     (run_dir / "model.keras").unlink()
     with pytest.raises(ModelFileError, match="missing"):
         predict_images(run_dir, [image])
+
+
+def test_several_steps_per_backend_call_train_exactly_like_one(monkeypatch):
+    import classifiers.heads as heads
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 16)).astype(np.float32), rng.integers(0, 3, 200)
+    options = dict(optimizer="adam", epochs=4, batch_size=16, seed=1)
+    monkeypatch.setattr(heads, "STEPS_PER_EXECUTION", 1)
+    one = DenseHead(**options).fit(X, y).predict_proba(X)
+    monkeypatch.setattr(heads, "STEPS_PER_EXECUTION", 32)
+    many = DenseHead(**options).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(one, many)

@@ -96,3 +96,15 @@ def inner_folds(y: np.ndarray, cv: int, seed: int):
     if folds < 2:
         raise InvalidArgument("need at least 2 training images of every class to tune by cross-validation")
     return StratifiedKFold(folds, shuffle=True, random_state=seed)
+
+
+class PreprocessedPipelineClassifier(ClassifierBase):
+    """A scikit-learn pipeline (``model_``) on ``transform_features(X, self.preprocess)``: the shared predict side."""
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities in ``classes_`` order; classes absent from training get probability 0."""
+        X = self._validate_predict(X)
+        proba = self.model_.predict_proba(transform_features(X, self.preprocess))
+        full = np.zeros((len(proba), len(self.classes_)))
+        full[:, self.model_.classes_] = proba
+        return full

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifiers.base import ClassifierBase, inner_folds, transform_features
+from classifiers.base import PreprocessedPipelineClassifier, inner_folds, transform_features
 
 DEFAULT_LOGREG_C = (0.01, 0.1, 1.0, 10.0)
 
 
-class LogisticHead(ClassifierBase):
+class LogisticHead(PreprocessedPipelineClassifier):
     """[signed sqrt + L2 norm] → StandardScaler → multinomial LogisticRegression, C by inner CV.
 
     Parameters
@@ -53,10 +53,3 @@ class LogisticHead(ClassifierBase):
         self.best_params_ = {"C": search.best_params_["logisticregression__C"]}
         self.cv_accuracy_ = float(search.best_score_)
         return self
-
-    def predict_proba(self, X) -> np.ndarray:
-        X = self._validate_predict(X)
-        proba = self.model_.predict_proba(transform_features(X, self.preprocess))
-        full = np.zeros((len(proba), len(self.classes_)))
-        full[:, self.model_.classes_] = proba  # classes absent from training get probability 0
-        return full

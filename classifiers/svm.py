@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifiers.base import ClassifierBase, inner_folds, transform_features
+from classifiers.base import ClassifierBase, PreprocessedPipelineClassifier, inner_folds, transform_features
 from featurebank.errors import InvalidArgument
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -33,7 +33,7 @@ def _grid_search_svc(X, y, *, C_grid, gamma_grid, cv: int, seed: int):
     return calibrated.fit(X, y), best, float(search.best_score_)
 
 
-class FeatureSVM(ClassifierBase):
+class FeatureSVM(PreprocessedPipelineClassifier):
     """Standardised RBF SVC on feature vectors, C and gamma chosen by cross-validation on the training data.
 
     Parameters
@@ -64,12 +64,6 @@ class FeatureSVM(ClassifierBase):
             X, y_encoded, C_grid=self.C_grid, gamma_grid=self.gamma_grid, cv=self.cv, seed=self.seed)
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        X = self._validate_predict(X)
-        proba = self.model_.predict_proba(transform_features(X, self.preprocess))
-        full = np.zeros((len(proba), len(self.classes_)))
-        full[:, self.model_.classes_] = proba  # classes absent from training get probability 0
-        return full
 
 
 def sift_descriptors(image: np.ndarray, *, max_keypoints: int = 500) -> np.ndarray:

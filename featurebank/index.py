@@ -70,6 +70,7 @@ class StoredState:
 
     rows: dict[str, tuple[str, int]] = field(default_factory=dict)
     shards: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (bytes, mtime_ns)
+    index_digest: str | None = None  # content digest of the index read, to skip rewriting an unchanged one
 
 
 def _read_manifest(shard_dir: Path) -> dict:
@@ -81,10 +82,16 @@ def _read_manifest(shard_dir: Path) -> dict:
     return manifest
 
 
-def _shard_files(shard_dir: Path) -> dict[str, os.stat_result]:
+def _shard_names(shard_dir: Path) -> list[str]:
+    """Committed shard files in a shard folder (a listing only: no file is opened or stat'ed)."""
     with contextlib.suppress(FileNotFoundError):
-        return {e.name: e.stat() for e in os.scandir(shard_dir) if e.name.endswith(".h5") and not e.name.startswith(".")}
-    return {}
+        return [e.name for e in os.scandir(shard_dir) if e.name.endswith(".h5") and not e.name.startswith(".")]
+    return []
+
+
+def _shard_files(shard_dir: Path) -> dict[str, os.stat_result]:
+    """Committed shard files with their stat results (to check the ones the index lists are unchanged)."""
+    return {name: (shard_dir / name).stat() for name in _shard_names(shard_dir)}
 
 
 def read_base(index_path: Path) -> h5py.File | None:
@@ -132,7 +139,7 @@ def read_view(index_path: str | os.PathLike) -> IndexView:
         manifest = _read_manifest(shard_dir)
         attrs = {"key": cache_key(manifest), "manifest": json.dumps(manifest, sort_keys=True)}
     known = set(shards)
-    newer = sorted(name for name in _shard_files(shard_dir) if name not in known)
+    newer = sorted(name for name in _shard_names(shard_dir) if name not in known)
     if newer:
         columns, classes = _join_newer_shards(shard_dir, newer, columns, shards, classes)
     return IndexView(index_path=index_path, classes=classes, attrs=attrs, manifest=manifest, shards=shards,
@@ -227,6 +234,7 @@ class FeatureStore:
             base = read_base(self.index_path)
         if base is not None:
             with base:
+                state.index_digest = base.attrs.get("content_digest")
                 names = list(base["shards"].asstr()[...])
                 recorded = dict(zip(names, zip(base["shard_bytes"][...].tolist(), base["shard_mtime_ns"][...].tolist())))
                 digests = base["stored_sha256"][...].astype("U64")
@@ -243,17 +251,20 @@ class FeatureStore:
     def refresh(self, state: StoredState, warn=None) -> list[str]:
         """Add shards committed since ``state`` was read (by this or another writer); returns their names."""
         added = []
-        for name, info in sorted(_shard_files(self.shard_dir).items()):
+        for name in sorted(_shard_names(self.shard_dir)):
             if name in state.shards:
                 continue
             path = self.shard_dir / name
             try:
+                info = path.stat()
                 with open_shard(path) as fh:
                     digests = fh["sha256"][...].astype("U64").tolist()
                     needs_pooled = "pooled_avg" not in fh
                 if needs_pooled:
                     backfill_pooled(path)
                     info = path.stat()
+            except FileNotFoundError:
+                continue  # replaced or moved aside by another writer since the listing
             except ShardDamaged as exc:
                 with contextlib.suppress(OSError):
                     path.rename(path.with_suffix(".corrupt"))
@@ -297,12 +308,8 @@ class FeatureStore:
             described = {**attrs, "classes": json.dumps(classes), "manifest": json.dumps(self.manifest, sort_keys=True),
                          "feature_shape": self._feature_shape(names)}
             digest = _content_digest(columns, described)
-            with contextlib.suppress(CacheError, OSError, KeyError):
-                base = read_base(self.index_path)
-                if base is not None:
-                    with base:
-                        if base.attrs.get("content_digest") == digest:
-                            return len(kept)
+            if state.index_digest == digest:
+                return len(kept)  # the index already says exactly this
             with atomic_h5(self.index_path) as fh:
                 for name, values in columns.items():
                     fh.create_dataset(name, data=values, dtype=STR_DTYPE if values.dtype == object else values.dtype)
@@ -354,5 +361,5 @@ def find_indexes(cache_dir: str | os.PathLike) -> list[Path]:
         return []
     found = {p for p in folder.glob("*.h5") if not p.name.startswith(".")}
     found |= {p.with_suffix(".h5") for p in folder.glob("*.shards") if (p / "manifest.json").is_file()
-              and any(_shard_files(p))}
+              and _shard_names(p)}
     return sorted(found)

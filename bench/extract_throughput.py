@@ -29,6 +29,17 @@ from featurebank.scan import scan_folder
 def measure(data: Path, *, backbone: str, weights: str, batch_size: int, dtype: str = "float32",
             compression: str = "none", cache: Path | None = None) -> dict:
     """Backbone-only and full-extract throughput on ``data``, and the no-op re-run, as a dict of figures."""
+    return measure_all(data, backbone=backbone, weights=weights, batch_size=batch_size, dtype=dtype,
+                       compressions=[compression], cache=cache)[0]
+
+
+def measure_all(data: Path, *, backbone: str, weights: str, batch_size: int, dtype: str = "float32",
+                compressions: list[str], cache: Path | None = None) -> list[dict]:
+    """One backbone-only measurement, then one full extraction per compression, then the backbone again.
+
+    The backbone's rate is the mean of the passes before and after the extractions, so slow drift of
+    the machine affects both sides of each ratio alike.
+    """
     spec = get_backbone(backbone)
     samples = scan_folder(data).samples
     # 1. Backbone alone on pre-decoded images: a cold pass (model build and first-call compilation
@@ -45,29 +56,40 @@ def measure(data: Path, *, backbone: str, weights: str, batch_size: int, dtype: 
     cold_seconds = time.perf_counter() - started
     started = time.perf_counter()
     one_pass(function, images)
-    backbone_seconds = time.perf_counter() - started
-    del images, function
+    backbone_seconds = [time.perf_counter() - started]
     # 2. The whole extraction into an empty cache, then 3. the same command again (nothing new).
     keep = cache is not None
     cache = cache or Path(tempfile.mkdtemp(prefix="featurebank-bench-"))
-    options = dict(backbone=spec.name, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
-                   compression=compression)
-    first = featurebank.extract(data, **options, rebuild=True)
-    again = featurebank.extract(data, **options)
-    shard_bytes = sum(p.stat().st_size for p in cache.glob(f"{spec.name}-*.shards/*.h5"))
-    backbone_rate = len(samples) / backbone_seconds
+    runs = []
+    for compression in compressions:
+        options = dict(backbone=spec.name, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
+                       compression=compression)
+        first = featurebank.extract(data, **options, rebuild=True)
+        again = featurebank.extract(data, **options)
+        shard_bytes = sum(p.stat().st_size for p in cache.glob(f"{spec.name}-*.shards/*.h5"))
+        runs.append((compression, first, again, shard_bytes))
+    started = time.perf_counter()
+    one_pass(function, images)
+    backbone_seconds.append(time.perf_counter() - started)
+    del images, function
+    backbone_rate = len(samples) / float(np.mean(backbone_seconds))
     cold_rate = len(samples) / cold_seconds
-    extract_rate = first.new / first.seconds
-    steady_rate = first.new / (first.seconds - first.build_seconds)
     if not keep:
         shutil.rmtree(cache, ignore_errors=True)
-    return {"backbone": spec.name, "images": len(samples), "new": first.new, "batch_size": batch_size,
-            "backbone_img_s": backbone_rate, "backbone_cold_img_s": cold_rate, "extract_img_s": extract_rate,
-            "extract_seconds": first.seconds, "build_seconds": first.build_seconds, "ratio": extract_rate / backbone_rate,
-            "ratio_cold": extract_rate / cold_rate,
+    figures = []
+    for compression, first, again, shard_bytes in runs:
+        extract_rate = first.new / first.seconds
+        steady_rate = first.new / (first.seconds - first.build_seconds)
+        figures.append({
+            "backbone": spec.name, "images": len(samples), "new": first.new, "batch_size": batch_size,
+            "dtype": dtype, "compression": compression, "backbone_img_s": backbone_rate,
+            "backbone_img_s_passes": [len(samples) / s for s in backbone_seconds], "backbone_cold_img_s": cold_rate,
+            "extract_img_s": extract_rate, "extract_seconds": first.seconds, "build_seconds": first.build_seconds,
+            "ratio": extract_rate / backbone_rate, "ratio_cold": extract_rate / cold_rate,
             "ratio_excluding_build": steady_rate / backbone_rate, "noop_seconds": again.seconds,
             "noop_fraction": again.seconds / first.seconds, "mb_per_image": shard_bytes / max(first.new, 1) / 1e6,
-            "cache": str(cache) if keep else None}
+            "cache": str(cache) if keep else None})
+    return figures
 
 
 def main() -> None:
@@ -78,7 +100,7 @@ def main() -> None:
     parser.add_argument("--weights", default="none", help="throughput does not depend on the weights' values")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--compression", default="none")
+    parser.add_argument("--compression", default="none", help="one, or several separated by commas (none,zstd)")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder to keep (default: a temporary one)")
     parser.add_argument("--report-json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -87,19 +109,21 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"data: {args.data} (limit {args.limit})  backbone: {args.backbone}  batch: {args.batch_size}  "
           f"dtype: {args.dtype}  compression: {args.compression}")
-    f = measure(data, backbone=args.backbone, weights=args.weights, batch_size=args.batch_size, dtype=args.dtype,
-                compression=args.compression, cache=args.cache)
+    results = measure_all(data, backbone=args.backbone, weights=args.weights, batch_size=args.batch_size,
+                          dtype=args.dtype, compressions=args.compression.split(","), cache=args.cache)
+    f = results[0]
     print(f"images: {f['images']} ({f['new']} distinct)")
-    print(f"backbone only:  {f['backbone_img_s']:8.2f} img/s warm, {f['backbone_cold_img_s']:.2f} img/s cold "
-          "(model build and first-call compilation included)")
-    print(f"full extract:   {f['extract_img_s']:8.2f} img/s  ({f['extract_seconds']:.1f} s, model build "
-          f"{f['build_seconds']:.1f} s included)")
-    print(f"ratio extract / backbone: {f['ratio']:.3f} vs warm, {f['ratio_cold']:.3f} vs cold")
-    print(f"no-op re-run:   {f['noop_seconds']:.2f} s = {f['noop_fraction']:.4f} of the first run")
-    print(f"stored: {f['mb_per_image']:.3f} MB per image")
-    print(json.dumps(f))
+    print(f"backbone only:  {f['backbone_img_s']:8.2f} img/s warm (passes before and after the extractions: "
+          + ", ".join(f"{v:.2f}" for v in f["backbone_img_s_passes"])
+          + f"), {f['backbone_cold_img_s']:.2f} img/s cold (model build and first-call compilation included)")
+    for f in results:
+        print(f"extract, {f['dtype']} + {f['compression']}: {f['extract_img_s']:8.2f} img/s ({f['extract_seconds']:.1f} s,"
+              f" model build {f['build_seconds']:.1f} s included); ratio {f['ratio']:.3f} vs warm, "
+              f"{f['ratio_cold']:.3f} vs cold; no-op re-run {f['noop_fraction']:.4f} of the first; "
+              f"{f['mb_per_image']:.3f} MB per image")
+    print(json.dumps(results))
     if args.report_json:
-        args.report_json.write_text(json.dumps(f, indent=2))
+        args.report_json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -137,18 +137,43 @@ def keras_feature_function(
 
 
 class KerasFeatureFunction:
-    """Runs a Keras model on fixed-size batches (the last one padded) so it is compiled once."""
+    """Runs a Keras model on fixed-size batches (the last one padded) so it is compiled once.
+
+    ``embed`` runs a second model over the same layers whose outputs are the maps already cast to
+    the stored dtype and their avg- and max-pooled float32 vectors: the cast and the pooling run
+    where the model runs (TensorFlow, JAX or torch backend, GPU when there is one), and only the
+    stored bytes come back to the host. The cast rounds the float32 forward's own values, so a
+    float16 cache holds exactly what casting on the host would give.
+    """
 
     def __init__(self, model, batch_size: int):
         self.model = model
         self.batch_size = batch_size
+        self._embed_models: dict[str, object] = {}
+
+    def _padded(self, images: np.ndarray) -> np.ndarray:
+        if len(images) < self.batch_size:
+            pad = np.zeros((self.batch_size - len(images), *images.shape[1:]), dtype=images.dtype)
+            images = np.concatenate([images, pad])
+        return images
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(self._padded(images)), dtype=np.float32)[: len(images)]
+
+    def embed(self, images: np.ndarray, dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""
+        name = np.dtype(dtype).name
+        if name not in self._embed_models:
+            from featurebank.quiet import import_keras
+
+            keras = import_keras()
+            maps = self.model.outputs[0]
+            outputs = [keras.ops.cast(maps, name), keras.ops.mean(maps, axis=(1, 2)), keras.ops.max(maps, axis=(1, 2))]
+            self._embed_models[name] = keras.Model(self.model.inputs, outputs, name=f"{self.model.name}_embed_{name}")
+        stored, avg, largest = self._embed_models[name].predict_on_batch(self._padded(images))
         count = len(images)
-        if count < self.batch_size:
-            pad = np.zeros((self.batch_size - count, *images.shape[1:]), dtype=images.dtype)
-            images = np.concatenate([images, pad])
-        return np.asarray(self.model.predict_on_batch(images), dtype=np.float32)[:count]
+        return (np.asarray(stored)[:count],
+                {"avg": np.asarray(avg, np.float32)[:count], "max": np.asarray(largest, np.float32)[:count]})
 
 
 def _keras_backbone(

@@ -21,7 +21,10 @@ from pathlib import Path
 
 from featurebank.cache import HOST, process_alive
 
-BUCKET_DIGITS = 3  # 4096 buckets: ~250 images each at 1M images, one claim file per bucket
+# 256 buckets: few enough that claiming costs little in small runs (each claim is a file creation
+# on the writer's critical path), many enough to share work evenly: ~4,000 images each at 1M images,
+# a few seconds of a GPU's work, so writers finishing together wait at most one bucket.
+BUCKET_DIGITS = 2
 
 
 def bucket_of(sha256: str) -> str:
@@ -62,7 +65,12 @@ class WorkClaims:
             self.lease.unlink()
 
     def _forget_dead_writers(self) -> None:
-        """Remove the leases of this host's dead writers and of writers silent for ten lease periods."""
+        """Remove the leases of this host's dead writers and of writers silent for ten lease periods,
+        and claim files of another bucket size (left by a crashed writer of an older featurebank)."""
+        for claim in self.claim_dir.iterdir():
+            if len(claim.name) != BUCKET_DIGITS and not claim.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    claim.unlink()
         for lease in self.writer_dir.iterdir():
             host, pid = (lease.name.split("~") + ["", ""])[:2]
             with contextlib.suppress(OSError):

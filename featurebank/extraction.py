@@ -23,9 +23,9 @@ from featurebank.claims import WorkClaims, bucket_of
 from featurebank.embed import AUGMENTS, Embedder, embed_files
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import lower_thread_priority
-from featurebank.index import FeatureStore, StoredState
-from featurebank.scan import Sample, Skipped, scan_folder
-from featurebank.splits import DEFAULT_FRACTIONS, assign_splits, balanced_subset
+from featurebank.index import FeatureStore, StoredState, inputs_digest
+from featurebank.scan import Sample, ScanResult, Skipped, scan_folder
+from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
 
 ENGINES = ("local", "ray")
 
@@ -84,26 +84,39 @@ def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str
 
 @dataclass
 class ExtractionPlan:
-    """A scanned folder against a cache: the samples, their splits, what is stored and what is left to do."""
+    """A scanned folder against a cache: the images (scan columns), their splits, what is stored and what is left to do."""
 
     store: FeatureStore
     spec: Backbone
     input_size: tuple[int, int]
-    samples: list[Sample]
-    splits: dict[str, str]
+    scan: ScanResult  # after --exclude and --balanced
+    splits: SplitOf  # sha256 → split name, drawn when first asked for
     classes: list[str]
     state: StoredState
     skipped: list[Skipped]
     index_attrs: dict
+    inputs_digest: str  # of the scan's rows and the settings: what the index is written from
+    up_to_date: bool  # the index was written from these inputs and every image has features
 
     @property
     def todo(self) -> list[Sample]:
-        return list({s.sha256: s for s in self.samples if s.sha256 not in self.state.rows}.values())
+        if self.up_to_date:
+            return []
+        rows, scan, todo = self.state.rows, self.scan, {}
+        for i, digest in enumerate(scan.sha256s):
+            if digest not in rows and digest not in todo:
+                todo[digest] = Sample(str(scan.root), scan.relpaths[i], scan.labels[i], digest, scan.formats[i])
+        return list(todo.values())
 
-    def consolidate(self, warn=None) -> int:
-        rows = [(s.relpath, s.label, s.sha256, self.splits[s.sha256]) for s in self.samples]
-        return self.store.consolidate(rows, classes=self.classes, warn=warn,
-                                      attrs={**self.index_attrs, "skipped": [k.as_dict() for k in self.skipped]})
+    def consolidate(self, warn=None, *, wrote: bool = True) -> int:
+        """Write the index for this scan (unless it is up to date and this run wrote nothing); returns its row count."""
+        scan = self.scan
+        if self.up_to_date and not wrote:
+            return len(scan.sha256s)
+        rows = list(zip(scan.relpaths, scan.labels, scan.sha256s, map(self.splits.__getitem__, scan.sha256s)))
+        return self.store.consolidate(rows, classes=self.classes, warn=warn, state=self.state,
+                                      attrs={**self.index_attrs, "skipped": [k.as_dict() for k in self.skipped],
+                                             "inputs_digest": self.inputs_digest})
 
 
 def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, input_size, split_seed: int,
@@ -119,26 +132,39 @@ def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, inp
         feature_store.remove()
     feature_store.prepare()
     scan = scan_folder(data, memo_dir=feature_store.cache_dir, rehash=rehash)
-    samples = scan.samples
     excluded = 0
     if exclude is not None:
         from featurebank.load import read_exclusions
 
         listed = read_exclusions(exclude)
-        excluded = sum(1 for s in samples if s.sha256 in listed)
-        samples = [s for s in samples if s.sha256 not in listed]
+        keep = [d not in listed for d in scan.sha256s]
+        excluded = keep.count(False)
+        scan = _subset(scan, keep)
     if balanced is not None:
-        keep = balanced_subset([s.sha256 for s in samples], [s.label for s in samples], balanced, seed=split_seed)
-        samples = [s for s, k in zip(samples, keep) if k]
-    digests = [s.sha256 for s in samples]
-    splits = dict(zip(digests, assign_splits(digests, seed=split_seed, fractions=split_fractions).tolist()))
+        scan = _subset(scan, balanced_subset(scan.sha256s, scan.labels, balanced, seed=split_seed).tolist())
+    splits = SplitOf(seed=split_seed, fractions=split_fractions)
     index_attrs = {
         "data_root": str(scan.root), "split_seed": split_seed, "split_fractions": list(split_fractions),
         "balanced": -1 if balanced is None else balanced, "excluded": excluded,
         "weights_source": weights if weights in spec.weights_values else str(Path(weights).expanduser().resolve()),
     }
-    return ExtractionPlan(feature_store, spec, size, samples, splits, scan.classes,
-                          feature_store.stored_state(warn, verify=verify), list(scan.skipped), index_attrs)
+    skipped = list(scan.skipped)
+    digest = inputs_digest(scan.relpaths, scan.labels, scan.sha256s,
+                           {**index_attrs, "skipped": [k.as_dict() for k in skipped], "classes": scan.classes})
+    # A no-op run stops here: the index says it was written from exactly this scan and holds every image.
+    up_to_date = not verify and feature_store.index_is_current(digest, len(scan.sha256s))
+    state = StoredState() if up_to_date else feature_store.stored_state(warn, verify=verify)
+    if state.index_split_settings == (split_seed, [float(v) for v in split_fractions]):
+        splits.update(state.index_splits)  # drawn before with the same settings: not drawn again
+    return ExtractionPlan(feature_store, spec, size, scan, splits, scan.classes, state, skipped, index_attrs,
+                          digest, up_to_date)
+
+
+def _subset(scan: ScanResult, keep: Sequence[bool]) -> ScanResult:
+    """The scan's images where ``keep`` is true (skipped files and classes unchanged)."""
+    pick = [i for i, k in enumerate(keep) if k]
+    return ScanResult(scan.root, scan.classes, [scan.relpaths[i] for i in pick], [scan.labels[i] for i in pick],
+                      [scan.sha256s[i] for i in pick], [scan.formats[i] for i in pick], scan.skipped)
 
 
 def extract(
@@ -194,7 +220,7 @@ def extract(
                           shard_size=shard_size, decode_workers=decode_workers, lease_seconds=lease_seconds,
                           address=ray_address, progress=progress or Progress(), warn=warn)
             plan.skipped.extend(outcome["failures"])
-        images = plan.consolidate(warn)
+        images = plan.consolidate(warn, wrote=bool(todo))
     except OSError as exc:
         raise CacheError(f"{feature_store.cache_dir}: cannot write the cache: {describe_os_error(exc)}; "
                          "features committed before this are kept") from None

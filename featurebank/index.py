@@ -71,6 +71,8 @@ class StoredState:
     rows: dict[str, tuple[str, int]] = field(default_factory=dict)
     shards: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (bytes, mtime_ns)
     index_digest: str | None = None  # content digest of the index read, to skip rewriting an unchanged one
+    index_splits: dict[str, str] = field(default_factory=dict)  # sha256 → split of the index's rows
+    index_split_settings: tuple = ()  # (seed, fractions) those splits were drawn with
 
 
 def _read_manifest(shard_dir: Path) -> dict:
@@ -239,19 +241,55 @@ class FeatureStore:
                 recorded = dict(zip(names, zip(base["shard_bytes"][...].tolist(), base["shard_mtime_ns"][...].tolist())))
                 digests = base["stored_sha256"][...].astype("U64")
                 shard_of, rows = base["stored_shard"][...], base["stored_row"][...]
+                state.index_splits = dict(zip(base["sha256"][...].astype("U64").tolist(), base["split"].asstr()[...].tolist()))
+                state.index_split_settings = (int(base.attrs.get("split_seed", -1)),
+                                              [float(v) for v in base.attrs.get("split_fractions", [])])
             intact = {name for name in names if name in on_disk and not verify
                       and (on_disk[name].st_size, on_disk[name].st_mtime_ns) == recorded[name]}
-            for digest, shard, row in zip(digests.tolist(), shard_of.tolist(), rows.tolist()):
-                if names[shard] in intact:
-                    state.rows.setdefault(digest, (names[shard], row))
+            if len(intact) == len(names):  # the common case: stored digests are unique, one dict build
+                state.rows = dict(zip(digests.tolist(), zip(map(names.__getitem__, shard_of.tolist()), rows.tolist())))
+            else:
+                for digest, shard, row in zip(digests.tolist(), shard_of.tolist(), rows.tolist()):
+                    if names[shard] in intact:
+                        state.rows.setdefault(digest, (names[shard], row))
             state.shards = {name: recorded[name] for name in intact}
         self.refresh(state, warn)
         return state
 
-    def refresh(self, state: StoredState, warn=None) -> list[str]:
-        """Add shards committed since ``state`` was read (by this or another writer); returns their names."""
+    def index_is_current(self, inputs_digest: str, rows: int) -> bool:
+        """Whether the index was written from these inputs (``inputs_digest``), holds all ``rows`` with
+        features, and lists exactly the shards on disk, each unchanged: then a run has nothing to do.
+
+        Reads the index's small datasets and one listing of the shard folder, never a shard.
+        """
+        try:
+            base = read_base(self.index_path)
+        except CacheError:
+            return False
+        if base is None:
+            return False
+        with base:
+            if base.attrs.get("inputs_digest") != inputs_digest or base["paths"].shape[0] != rows:
+                return False
+            recorded = dict(zip(base["shards"].asstr()[...].tolist(),
+                                zip(base["shard_bytes"][...].tolist(), base["shard_mtime_ns"][...].tolist())))
+        on_disk = _shard_files(self.shard_dir)
+        return recorded.keys() == on_disk.keys() and all(
+            (info.st_size, info.st_mtime_ns) == recorded[name] for name, info in on_disk.items())
+
+    def refresh(self, state: StoredState, warn=None, *, forget_missing: bool = False) -> list[str]:
+        """Add shards committed since ``state`` was read (by this or another writer); returns their names.
+
+        With ``forget_missing``, shards no longer on disk (moved aside by another writer) are dropped
+        from ``state`` with their rows.
+        """
         added = []
-        for name in sorted(_shard_names(self.shard_dir)):
+        names = _shard_names(self.shard_dir)
+        if forget_missing and (gone := state.shards.keys() - set(names)):
+            for name in gone:
+                del state.shards[name]
+            state.rows = {digest: where for digest, where in state.rows.items() if where[0] not in gone}
+        for name in sorted(names):
             if name in state.shards:
                 continue
             path = self.shard_dir / name
@@ -278,32 +316,42 @@ class FeatureStore:
         return added
 
     # -- the index ---------------------------------------------------------------------------------------
-    def consolidate(self, rows: list[tuple[str, int, str, str]], *, classes: list[str], attrs: dict, warn=None) -> int:
+    def consolidate(self, rows: list[tuple[str, int, str, str]], *, classes: list[str], attrs: dict, warn=None,
+                    state: StoredState | None = None) -> int:
         """Write the index for the scan's ``rows`` (relpath, label, sha256, split) that have features.
 
-        Runs under a lock and re-reads the shards first, so concurrent writers never lose each
-        other's rows. Skips the write when nothing changed. Returns the number of indexed rows.
+        Runs under a lock, and first reads the shards committed since ``state`` (the writer's own
+        and other writers'; all of what is stored when no state is given), so concurrent writers
+        never lose each other's rows. Skips the write when nothing changed. Returns the number of
+        indexed rows.
         """
         with _locked(self.cache_dir / f".{self.name}.lock"):
-            state = self.stored_state(warn)
+            if state is None:
+                state = self.stored_state(warn)
+            else:
+                self.refresh(state, warn, forget_missing=True)
+                state.index_digest = self._index_digest()  # another writer may have rewritten it since
             names = sorted(state.shards)
             number = {name: i for i, name in enumerate(names)}
             kept = [r for r in rows if r[2] in state.rows]
             where = [state.rows[r[2]] for r in kept]
-            stored = sorted(state.rows.items())
+            stored_where = list(state.rows.values())
+            stored_sha256 = np.array(list(state.rows), dtype="S64")
+            order = np.argsort(stored_sha256, kind="stable")  # by hash, whatever order the shards were read in
+            paths, labels, sha256s, splits = zip(*kept) if kept else ((), (), (), ())
             columns = {
-                "paths": np.array([r[0] for r in kept], dtype=object),
-                "labels": np.array([r[1] for r in kept], dtype=np.int64),
-                "sha256": np.array([r[2] for r in kept], dtype="S64"),
-                "split": np.array([r[3] for r in kept], dtype="S5"),
+                "paths": np.array(paths, dtype=object),
+                "labels": np.array(labels, dtype=np.int64),
+                "sha256": np.array(sha256s, dtype="S64"),
+                "split": np.array(splits, dtype="S5"),
                 "shard": np.array([number[s] for s, _ in where], dtype=np.int32),
                 "row": np.array([r for _, r in where], dtype=np.int64),
                 "shards": np.array(names, dtype=object),
                 "shard_bytes": np.array([state.shards[n][0] for n in names], dtype=np.int64),
                 "shard_mtime_ns": np.array([state.shards[n][1] for n in names], dtype=np.int64),
-                "stored_sha256": np.array([d for d, _ in stored], dtype="S64"),
-                "stored_shard": np.array([number[s] for _, (s, _) in stored], dtype=np.int32),
-                "stored_row": np.array([r for _, (_, r) in stored], dtype=np.int64),
+                "stored_sha256": stored_sha256[order],
+                "stored_shard": np.array([number[s] for s, _ in stored_where], dtype=np.int32).reshape(-1)[order],
+                "stored_row": np.array([r for _, r in stored_where], dtype=np.int64).reshape(-1)[order],
             }
             described = {**attrs, "classes": json.dumps(classes), "manifest": json.dumps(self.manifest, sort_keys=True),
                          "feature_shape": self._feature_shape(names)}
@@ -327,12 +375,30 @@ class FeatureStore:
             return len(kept)
 
 
+    def _index_digest(self) -> str | None:
+        """The content digest the index on disk records (None if there is no readable index)."""
+        with contextlib.suppress(CacheError):
+            base = read_base(self.index_path)
+            if base is not None:
+                with base:
+                    return base.attrs.get("content_digest")
+        return None
+
     def _feature_shape(self, names: list[str]) -> list[int]:
         """Shape of one stored map (empty when only pooled vectors are stored), from a shard's attributes."""
         for name in names[:1]:
             with contextlib.suppress(ShardDamaged, CacheError), open_shard(self.shard_dir / name) as fh:
                 return [int(v) for v in fh.attrs.get("feature_shape", fh["features"].shape[1:] if "features" in fh else ())]
         return []
+
+
+def inputs_digest(relpaths: list[str], labels: list[int], sha256s: list[str], attrs: dict) -> str:
+    """Digest of what an index is written from: the scan's rows and the settings (splits follow from these)."""
+    digest = hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode())
+    digest.update("\0".join(relpaths).encode())
+    digest.update(np.asarray(labels, np.int64).tobytes())
+    digest.update("".join(sha256s).encode())
+    return digest.hexdigest()
 
 
 def _content_digest(columns: dict, attrs: dict) -> str:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
+import operator
 import os
 import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from itertools import repeat
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,9 +31,11 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 _HEADER_BYTES = 16
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One image file: where it is, which class folder it sits in, and the hash of its bytes."""
+class Sample(NamedTuple):
+    """One image file: where it is, which class folder it sits in, and the hash of its bytes.
+
+    A named tuple: scans of a million files make a million of these, and tuples are cheap to build.
+    """
 
     root: str  # the dataset root (absolute)
     relpath: str  # path relative to the dataset root, with forward slashes
@@ -55,12 +62,24 @@ class Skipped:
 
 @dataclass
 class ScanResult:
-    """Everything found under a dataset root."""
+    """Everything found under a dataset root: the images as columns (one entry per file), and skipped files.
+
+    Columns, not objects, because a no-op run over a million files should build as little as it can;
+    ``samples`` makes Sample tuples when asked.
+    """
 
     root: Path
     classes: list[str]
-    samples: list[Sample] = field(default_factory=list)
+    relpaths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    sha256s: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def samples(self) -> list[Sample]:
+        top = str(self.root)
+        return [Sample(top, *row) for row in zip(self.relpaths, self.labels, self.sha256s, self.formats)]
 
 
 def sniff_image_format(header: bytes) -> str | None:
@@ -124,7 +143,8 @@ class HashMemo:
 
     A file whose size, modification time or inode changed is hashed again. Entries whose time is
     within ``RACY_NS`` of the scan that recorded them are not kept: the file could still have been
-    changed within the same timestamp tick, so it is hashed again next time.
+    changed within the same timestamp tick, so it is hashed again next time. Lookups and saves work
+    on whole columns (numpy), so a scan of unchanged files costs one ``stat`` per file and little else.
     """
 
     RACY_NS = 2_000_000_000
@@ -132,44 +152,132 @@ class HashMemo:
     def __init__(self, path: Path | None, *, enabled: bool = True):
         self.path = path
         self.started_ns = time.time_ns()
-        self.entries: dict[str, tuple[int, int, int, str, str]] = {}
-        self.seen: list[tuple[str, int, int, int, str, str]] = []
-        self.changed = False
+        self.relpaths: list[str] = []
+        self.stats = np.zeros((0, 3), np.int64)  # size, mtime_ns, inode per entry
+        self.sha256: list[str] = []
+        self.formats: list[str] = []
+        self.changed = True  # until a lookup finds every file as the memo on disk has it
         if path is not None and enabled and path.is_file():
             try:
                 with np.load(path) as memo:
-                    columns = [np.char.decode(memo["relpath"], "utf-8").tolist()]
-                    columns += [memo[k].tolist() for k in ("size", "mtime_ns", "inode")]
-                    columns += [memo[k].astype(str).tolist() for k in ("sha256", "format")]
-                self.entries = {row[0]: tuple(row[1:]) for row in zip(*columns)}
-            except (OSError, ValueError, KeyError):
-                self.entries = {}  # an unreadable memo only costs a full re-hash
+                    relpaths = _split_text(memo["relpaths"])
+                    stats = np.stack([memo[k].astype(np.int64) for k in ("size", "mtime_ns", "inode")], axis=1)
+                    sha256, formats = (_split_text(memo[k]) for k in ("sha256", "format"))
+                if not len(relpaths) == len(stats) == len(sha256) == len(formats):
+                    raise ValueError("columns of different lengths")
+                self.relpaths, self.stats, self.sha256, self.formats = relpaths, stats, sha256, formats
+            except (OSError, ValueError, KeyError, UnicodeDecodeError):
+                pass  # an unreadable or older memo only costs a full re-hash
 
-    def inspect(self, path: str, relpath: str, info: os.stat_result) -> tuple[str, str] | Skipped:
-        known = self.entries.get(relpath)
-        if known is not None and known[0] == info.st_size and known[1] == info.st_mtime_ns and known[2] == info.st_ino:
-            found = known[3], known[4]
-        else:
-            found = inspect_file(Path(path), info)
-            self.changed = True
-        if found.__class__ is not Skipped and info.st_mtime_ns < self.started_ns - self.RACY_NS:
-            self.seen.append((relpath, info.st_size, info.st_mtime_ns, info.st_ino, found[0], found[1]))
-        return found
+    def lookup(self, relpaths: list[str], stats: np.ndarray) -> list[tuple[str, str] | None] | None:
+        """(sha256, format) for each file whose (size, mtime_ns, inode) row of ``stats`` the memo holds, else None.
 
-    def save(self) -> None:
-        """Replace the memo with this scan's entries (write, fsync, rename); failures only cost speed later."""
-        if self.path is None or (not self.changed and len(self.seen) == len(self.entries)):
-            return  # nothing new: the memo on disk already says all of this
+        Returns None (and sets ``changed`` false) when every file is in the memo, in the memo's order:
+        then ``sha256`` and ``formats`` are the scan's columns as they are.
+        """
+        if relpaths == self.relpaths and np.array_equal(stats, self.stats):  # nothing changed: compared in C
+            self.changed = False
+            return None
+        where = dict(zip(self.relpaths, range(len(self.relpaths))))
+        position = np.fromiter((where.get(r, -1) for r in relpaths), np.int64, len(relpaths))
+        known = (position >= 0) & (self.stats[position].reshape(-1, 3) == stats).all(axis=1) if len(self.stats) \
+            else np.zeros(len(relpaths), bool)
+        return [(self.sha256[i], self.formats[i]) if k else None for i, k in zip(position.tolist(), known.tolist())]
+
+    def save(self, relpaths: list[str], stats: np.ndarray, found: list) -> None:
+        """Replace the memo with this scan's images (write, fsync, rename); failures only cost speed later."""
+        if self.path is None or not self.changed:
+            return  # the memo on disk already says all of this
         from featurebank.cache import write_atomically
 
-        rows = list(zip(*self.seen)) if self.seen else [[]] * 6
+        usable = np.array([f.__class__ is not Skipped for f in found], bool).reshape(-1)
+        rows = np.flatnonzero(usable & (stats[:, 1] < self.started_ns - self.RACY_NS)).tolist()
         buffer = io.BytesIO()
-        np.savez(buffer, relpath=np.char.encode(np.array(rows[0], dtype=str), "utf-8") if rows[0] else np.array([], "S"),
-                 size=np.array(rows[1], np.int64), mtime_ns=np.array(rows[2], np.int64),
-                 inode=np.array(rows[3], np.uint64), sha256=np.array(rows[4], dtype="S64"),
-                 format=np.array(rows[5], dtype="S4"))
+        np.savez(buffer, count=np.int64(len(rows)),
+                 relpaths=_joined_text(relpaths[i] for i in rows),
+                 size=stats[rows, 0], mtime_ns=stats[rows, 1], inode=stats[rows, 2].astype(np.uint64),
+                 sha256=_joined_text(found[i][0] for i in rows), format=_joined_text(found[i][1] for i in rows))
         with contextlib.suppress(OSError):
             write_atomically(self.path, buffer.getvalue())
+
+
+def _walk(folder: str, prefix: str, relpaths: list[str], infos: list, skipped: list[Skipped]) -> None:
+    """Append the files under ``folder`` (sorted, files before sub-folders, as ``os.walk``) with their ``stat``.
+
+    Hidden folders and symbolic links to folders are not entered; hidden files are reported. One
+    ``scandir`` per folder and one ``stat`` per file (relative to the open folder): a no-op scan
+    reads no file's bytes.
+    """
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        skipped.append(Skipped(folder, f"cannot list folder: {exc.strerror or exc}"))
+        return
+    names = sorted(e.name for e in entries if not e.is_dir())
+    folders = [e.name for e in entries if e.is_dir() and not e.is_symlink() and not _is_hidden(e.name)]
+    if not _SYSTEM_NAMES.isdisjoint(names) or any(map(str.startswith, names, repeat("."))):  # loops in C
+        skipped += [Skipped(f"{folder}{os.sep}{name}", "hidden or system file") for name in names if _is_hidden(name)]
+        names = [name for name in names if not _is_hidden(name)]
+    relpaths += [prefix + name for name in names]
+    infos += _stat_all(folder, names)
+    for name in sorted(folders):
+        _walk(f"{folder}{os.sep}{name}", f"{prefix}{name}/", relpaths, infos, skipped)
+
+
+def _stat_all(folder: str, names: list[str]) -> list[os.stat_result | None]:
+    """``os.stat`` of each name in ``folder`` (None where it fails), relative to one open folder handle."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return [None] * len(names)
+    try:
+        try:
+            return [os.stat(name, dir_fd=handle) for name in names]
+        except OSError:  # one failed (a broken link, a file removed meanwhile): go one by one
+            infos: list[os.stat_result | None] = []
+            for name in names:
+                try:
+                    infos.append(os.stat(name, dir_fd=handle))
+                except OSError:
+                    infos.append(None)
+            return infos
+    finally:
+        os.close(handle)
+
+
+_NOT_STATED = SimpleNamespace(st_size=-1, st_mtime_ns=-1, st_ino=-1)  # matches no memo entry
+
+
+def _stat_columns(infos: list[os.stat_result | None]) -> np.ndarray:
+    """(size, mtime_ns, inode) of each file as an (n, 3) int64 array; -1 where ``stat`` failed."""
+    if None in infos:
+        infos = [_NOT_STATED if i is None else i for i in infos]
+    columns = [np.fromiter(map(operator.attrgetter(name), infos), np.int64, len(infos))
+               for name in ("st_size", "st_mtime_ns", "st_ino")]
+    return np.stack(columns, axis=1) if infos else np.zeros((0, 3), np.int64)
+
+
+def _joined_text(values) -> np.ndarray:
+    """Strings as one NUL-separated UTF-8 byte array (an npz column that loads with one decode and one split)."""
+    return np.frombuffer("\0".join(values).encode("utf-8"), np.uint8)
+
+
+def _split_text(column: np.ndarray) -> list[str]:
+    text = column.tobytes().decode("utf-8")
+    return text.split("\0") if text else []
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Pause Python's cyclic garbage collector (as ``gc.freeze`` users do around bulk allocation)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def memo_path(memo_dir: str | os.PathLike, root: Path) -> Path:
@@ -210,25 +318,27 @@ def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
             result.skipped.append(Skipped(str(root / entry.name), reason))
 
     top = str(root)
-    for label, class_dir in enumerate(class_dirs):
-        for dirpath, dirnames, filenames in os.walk(class_dir.path, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-            prefix = dirpath[len(top) + 1 :].replace(os.sep, "/") + "/"
-            for name in sorted(filenames):
-                path = f"{dirpath}{os.sep}{name}"
-                if _is_hidden(name):
-                    result.skipped.append(Skipped(path, "hidden or system file"))
-                    continue
-                relpath = prefix + name
-                try:
-                    info = os.stat(path)
-                except OSError:
-                    info = None
-                found = memo.inspect(path, relpath, info) if info is not None else inspect_file(Path(path))
-                if isinstance(found, Skipped):
-                    result.skipped.append(found)
-                    continue
-                sha256, fmt = found
-                result.samples.append(Sample(top, relpath, label, sha256, fmt))
-    memo.save()
+    relpaths: list[str] = []
+    labels: list[int] = []
+    infos: list[os.stat_result | None] = []
+    with _collector_paused():  # a million small objects, none of them garbage: cyclic GC passes would be wasted
+        for label, class_dir in enumerate(class_dirs):
+            before = len(relpaths)
+            _walk(class_dir.path, class_dir.name + "/", relpaths, infos, result.skipped)
+            labels += [label] * (len(relpaths) - before)
+        stats = _stat_columns(infos)
+        found = memo.lookup(relpaths, stats)
+    result.relpaths, result.labels = relpaths, labels
+    if found is None:  # every file as the memo has it: its columns are the scan's
+        result.sha256s, result.formats = list(memo.sha256), list(memo.formats)
+        return result
+    for i in [i for i, f in enumerate(found) if f is None]:  # new or changed files: read and hash them
+        found[i] = inspect_file(Path(top, relpaths[i]), infos[i])
+    memo.save(relpaths, stats, found)
+    if any(f.__class__ is Skipped for f in found):
+        result.skipped += [f for f in found if f.__class__ is Skipped]
+        usable = [i for i, f in enumerate(found) if f.__class__ is not Skipped]
+        relpaths, labels, found = [relpaths[i] for i in usable], [labels[i] for i in usable], [found[i] for i in usable]
+    result.relpaths, result.labels = relpaths, labels
+    result.sha256s, result.formats = [f[0] for f in found], [f[1] for f in found]
     return result

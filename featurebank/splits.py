@@ -42,13 +42,21 @@ def assign_splits(
     sha256s: Sequence[str], *, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS
 ) -> np.ndarray:
     """Split name ('train', 'val' or 'test') for each image hash."""
-    train_end = fractions[0]
-    val_end = fractions[0] + fractions[1]
-    out = np.empty(len(sha256s), dtype=object)
-    for i, digest in enumerate(sha256s):
-        u = hash_uniform(digest, seed, "split")
-        out[i] = "train" if u < train_end else ("val" if u < val_end else "test")
-    return out.astype("U5")
+    split_of = SplitOf(seed=seed, fractions=fractions)
+    return np.array([split_of[digest] for digest in sha256s], dtype="U5")
+
+
+class SplitOf(dict):
+    """sha256 → split name, drawn on first use and remembered (a no-op run draws none)."""
+
+    def __init__(self, *, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS):
+        super().__init__()
+        self.seed, self.train_end, self.val_end = seed, fractions[0], fractions[0] + fractions[1]
+
+    def __missing__(self, sha256: str) -> str:
+        u = hash_uniform(sha256, self.seed, "split")
+        self[sha256] = name = "train" if u < self.train_end else ("val" if u < self.val_end else "test")
+        return name
 
 
 def balanced_subset(sha256s: Sequence[str], labels: Sequence[int], per_class: int, *, seed: int = 0) -> np.ndarray:

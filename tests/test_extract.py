@@ -1,6 +1,7 @@
 """extract → HDF5 → load, through the CLI and the library, with real (random-weight) ResNet50 models."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -170,19 +171,45 @@ def test_zstd_written_on_threads_equals_uncompressed_and_plain_h5py_reads_it(sma
     assert done.stdout.split() == ["['32015']", "1", "True"], done.stderr
 
 
-def test_float16_cast_on_the_device_stays_within_float16_rounding():
-    """The PyTorch backbones cast to the stored dtype and pool on the device: the stored float16 maps
-    differ from the float32 forward pass by at most half a float16 step (2^-11 relative), and the
-    pooled vectors are the float32 forward's own."""
-    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
+@pytest.mark.parametrize("backbone", ["efficientnet-lite0", "resnet50"])
+def test_float16_cast_on_the_device_stays_within_float16_rounding(backbone):
+    """The PyTorch and Keras backbones cast to the stored dtype and pool where the model runs: the
+    stored float16 maps differ from the float32 forward pass by at most half a float16 step (2^-11
+    relative), and the pooled vectors are the float32 forward's own (to float32 summation order)."""
+    if backbone.startswith("efficientnet"):
+        pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
     from featurebank.embed import Embedder
 
-    function = get_backbone("efficientnet-lite0").build("none", (96, 64), 4)
-    images = np.random.default_rng(0).integers(0, 256, (4, 96, 64, 3), dtype=np.uint8)
+    function = get_backbone(backbone).build("none", (96, 64), 4)
+    assert hasattr(function, "embed")
+    images = np.random.default_rng(0).integers(0, 256, (3, 96, 64, 3), dtype=np.uint8)  # a short, padded batch
     reference = function(images)
     embedded = Embedder(function, dtype="float16")(images)
-    assert embedded.maps.dtype == np.float16
+    assert embedded.maps.dtype == np.float16 and embedded.maps.shape == reference.shape
     bound = np.abs(reference) * 2.0**-11 + 2.0**-24  # half a step at float16's 11-bit precision, and subnormals
     assert np.all(np.abs(embedded.maps.astype(np.float32) - reference) <= bound)
-    np.testing.assert_allclose(embedded.pooled["avg"], reference.mean(axis=(1, 2)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(embedded.pooled["avg"], reference.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(embedded.pooled["max"], reference.max(axis=(1, 2)))
+
+
+JAX_EMBED = """
+import numpy as np
+from featurebank.backbones import get_backbone
+from featurebank.embed import Embedder
+import keras
+assert keras.backend.backend() == "jax", keras.backend.backend()
+function = get_backbone("resnet50").build("none", (96, 64), 4)
+images = np.random.default_rng(0).integers(0, 256, (3, 96, 64, 3), dtype=np.uint8)
+reference = function(images)
+embedded = Embedder(function, dtype="float16")(images)
+error = np.abs(embedded.maps.astype(np.float32) - reference) - (np.abs(reference) * 2.0**-11 + 2.0**-24)
+print(embedded.maps.dtype, embedded.maps.shape, float(error.max()) <= 0, reference.std() > 0)
+"""
+
+
+def test_keras_on_jax_casts_on_the_device_within_float16_rounding():
+    """The GPU machines have JAX and no TensorFlow: the Keras backbones run there with KERAS_BACKEND=jax."""
+    pytest.importorskip("jax", reason="needs jax (pip install -e .[test] installs it)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", JAX_EMBED], capture_output=True, text=True, env=env, timeout=300)
+    assert done.stdout.split() == ["float16", "(3,", "3,", "2,", "2048)", "True", "True"], done.stderr[-2000:]

@@ -13,6 +13,7 @@ import pytest
 from conftest import FEATUREBANK
 
 import featurebank
+import featurebank.index
 import featurebank.scan
 from featurebank.cache import HOST
 from featurebank.errors import CacheError
@@ -159,3 +160,31 @@ def test_cleanup_touches_only_this_hosts_dead_temporaries(tmp_path, make_images)
         path.write_bytes(b"half-written")
     featurebank.extract(data, **options)
     assert not mine_dead.exists() and mine_alive.exists() and other_host.exists()
+
+
+def test_noop_run_opens_no_shard_and_keeps_the_index_but_a_move_rewrites_it(tmp_path, make_images, monkeypatch):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    paths = make_images(data, 2)
+    past = time.time() - 3600
+    for path in paths:
+        os.utime(path, (past, past))
+    options = dict(cache=cache, weights="none", input_size=(64, 64))
+    featurebank.extract(data, **options)
+    index = next(cache.glob("resnet50-*.h5"))
+    written = index.stat().st_ino, index.stat().st_mtime_ns
+    opened = []
+    real_open = featurebank.index.open_shard
+    monkeypatch.setattr(featurebank.index, "open_shard", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    report = featurebank.extract(data, **options)
+    assert (report.new, report.cached, report.images) == (0, 12, 12)
+    assert opened == [] and (index.stat().st_ino, index.stat().st_mtime_ns) == written  # nothing read, nothing written
+
+    moved = data / "paper" / "glass0.jpg"
+    (data / "glass" / "glass0.jpg").rename(moved)  # same bytes, same time, another class: not a no-op
+    report = featurebank.extract(data, **options)
+    assert (report.new, report.images) == (0, 12)
+    fb = featurebank.load(cache=cache)
+    assert fb.classes[fb.y[list(fb.paths).index("paper/glass0.jpg")]] == "paper"
+    assert "glass/glass0.jpg" not in fb.paths
+    assert featurebank.extract(data, **options, split_seed=1).images == 12  # other splits: index rewritten
+    assert featurebank.load(cache=cache).split.tolist() != fb.split.tolist()

@@ -14,6 +14,7 @@ from classifiers.options import (
     FEATURE_THRESHOLD,
     GRID_NAMES,
     HEADS,
+    LR_SCHEDULES,
     OPTIMIZERS,
     PIXEL_THRESHOLD,
     VARIANTS,
@@ -23,6 +24,7 @@ from featurebank.embed import AUGMENTS
 from featurebank.extraction import ENGINES
 from featurebank.errors import FeaturebankError
 from featurebank.load import POOLINGS
+from featurebank.sizing import EngineSizes
 
 
 class FriendlyGroup(click.Group):
@@ -91,6 +93,9 @@ class TqdmProgress(featurebank.extraction.Progress):
     def advance(self, count: int) -> None:
         self.bar.update(count)
 
+    def engine(self, sizes) -> None:
+        click.echo(f"engine: {sizes.describe()}", err=True)
+
     def finish(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -118,7 +123,8 @@ def main() -> None:
               help="Cache folder.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (downloaded by Keras, hash-checked), 'none' (random, for tests) or a local weights file.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="Images per forward pass [default: chosen from the device: 16 on a CPU, 128 on a GPU].")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(DTYPES),
               help="Stored precision; float16 halves the size and changed no accuracy we measured (BENCHMARKS.md).")
 @click.option("--compression", default="none", show_default=True, type=click.Choice(COMPRESSIONS),
@@ -136,7 +142,7 @@ def main() -> None:
 @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1),
               help="Images per shard file; a crash loses at most the shard being written.")
 @click.option("--workers", "decode_workers", type=click.IntRange(1), default=None,
-              help="Decoding threads [default: one per core, less one for the backbone].")
+              help="Decoding threads [default: one per usable core, less one].")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(ENGINES),
               help="local: this process; ray: a Ray cluster (pip install -e '.[ray]').")
 @click.option("--ray-address", default=None,
@@ -162,7 +168,8 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
         data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
         input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
         compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
-        rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine, ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
+        rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine, ray_address=ray_address,
+        progress=TqdmProgress() if show_progress else None,
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
     if as_json:
@@ -170,6 +177,8 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
     if not quiet:
         for item in report.skipped:
             click.echo(f"skipped {item.path}: {item.reason}", err=True)
+        if report.sizes and not show_progress:  # with a progress bar it was shown when the run started
+            click.echo(f"engine: {EngineSizes(**report.sizes).describe()}", err=True)
         click.echo(
             f"{report.new} new, {report.cached} already cached, {len(report.skipped)} skipped in "
             f"{report.seconds:.1f} s ({report.images_per_s:.1f} images/s) → {report.cache_file}",
@@ -332,10 +341,13 @@ def predict(run_dir, weights, batch_size, as_json, images):
               help="Image folder the cache was built from [default: the one recorded in the cache].")
 @click.option("--image-size", type=SizeType(), default="512x384", show_default=True,
               help="Train at HxW (smaller is much faster on a CPU).")
-@click.option("--augment", is_flag=True, help="Random flips, shifts and brightness while training (not in the study).")
+@click.option("--augment", is_flag=True,
+              help="Random flips, shifts, rotations, zooms and brightness while training (not in the study).")
+@click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(LR_SCHEDULES),
+              help="constant: the study; cosine: the learning rate decays to 0 over --epochs.")
 def train_cnn(cache, backbone, weights, dtype, key, exclude, optimizer, learning_rate, epochs, batch_size, patience,
               start_from_epoch, seed, repeats, balanced, runs_dir, name, verbose, as_json, variant, data, image_size,
-              augment):
+              augment, lr_schedule):
     """Train a CNN from scratch on the same train/val/test images as the cache's splits.
 
     The optimizer defaults to rmsprop like train-head; the study trained its CNN rows with SGD (--optimizer sgd).
@@ -343,10 +355,10 @@ def train_cnn(cache, backbone, weights, dtype, key, exclude, optimizer, learning
     from classifiers.jobs import train_cnn as run
 
     result = run(cache, backbone, variant=variant, optimizer=optimizer, learning_rate=learning_rate,
-                 image_size=image_size, augment=augment, epochs=epochs, batch_size=batch_size, patience=patience,
-                 start_from_epoch=start_from_epoch, seed=seed, repeats=repeats, balanced=balanced, data=data,
-                 weights=weights, dtype=dtype, key=key, runs_dir=runs_dir, name=name, exclude=exclude,
-                 verbose=2 if verbose else 0)
+                 image_size=image_size, augment=augment, lr_schedule=lr_schedule, epochs=epochs,
+                 batch_size=batch_size, patience=patience, start_from_epoch=start_from_epoch, seed=seed,
+                 repeats=repeats, balanced=balanced, data=data, weights=weights, dtype=dtype, key=key,
+                 runs_dir=runs_dir, name=name, exclude=exclude, verbose=2 if verbose else 0)
     for item in result["skipped"]:
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
     print_training_result(result, as_json)

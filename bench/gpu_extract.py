@@ -33,8 +33,10 @@ import featurebank
 from featurebank.embed import Embedder
 from featurebank.extraction import resolve_manifest
 from featurebank.backbones import get_backbone
-from featurebank.images import decoded_batches, default_decode_workers, load_image
+from featurebank.cache import configure_compression
+from featurebank.images import decoded_batches, load_image
 from featurebank.index import FeatureStore
+from featurebank.sizing import choose_sizes
 
 
 def make_distinct_jpegs(source: Path, out: Path, count: int) -> list[Path]:
@@ -48,7 +50,8 @@ def make_distinct_jpegs(source: Path, out: Path, count: int) -> list[Path]:
         buffer = io.BytesIO()
         pictures[i % len(pictures)].save(buffer, format="JPEG", quality=60 + (i // len(pictures)) % 36)
         path = folder / f"copy{i:06d}.jpg"
-        path.write_bytes(buffer.getvalue())
+        if not path.exists():  # a --data-dir kept from an earlier run is reused as it is
+            path.write_bytes(buffer.getvalue())
         written.append(path)
     return written
 
@@ -78,23 +81,30 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--weights", default="none")
     parser.add_argument("--input-size", default=None, help="HxW [the backbone's]")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="[the engine's choice for the device]")
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--compression", default="none")
     parser.add_argument("--store", default="maps")
     parser.add_argument("--forward-images", type=int, default=512, help="images pushed through the forward-only pass")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the generated JPEGs here and reuse them in later runs [inside the work folder]")
     args = parser.parse_args()
     spec = get_backbone(args.backbone)
     size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
+    sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size)
+    configure_compression(sizes.compression_workers, low_priority=not sizes.accelerated)
+    args.batch_size = sizes.batch_size
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
-                     "batch_size": args.batch_size, "decode_workers": default_decode_workers(),
-                     "compression": args.compression, "dtype": args.dtype, "store": args.store}
+                     "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
+                     "store": args.store}
+    print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:
-        files = make_distinct_jpegs(args.source, work / "data", args.images)
+        data = args.data_dir or work / "data"
+        files = make_distinct_jpegs(args.source, data, args.images)
         manifest = resolve_manifest(spec, weights=args.weights, input_size=size, dtype=args.dtype, store=args.store)
         embedder = Embedder.for_manifest(manifest, weights=args.weights, batch_size=args.batch_size, spec=spec)
         pixels = np.stack([load_image(p, size) for p in files[: args.batch_size]])
@@ -107,7 +117,8 @@ def main() -> None:
         figures["forward_img_s"] = done / (time.perf_counter() - started)
 
         started = time.perf_counter()
-        decoded = sum(len(batch) for batch, _ in decoded_batches(files, lambda p: p, size, batch_size=args.batch_size))
+        decoded = sum(len(batch) for batch, _ in decoded_batches(files, lambda p: p, size, batch_size=args.batch_size,
+                                                                 workers=sizes.decode_workers))
         figures["decode_img_s"] = decoded / (time.perf_counter() - started)
 
         store = FeatureStore(work / "write-cache", manifest)
@@ -123,7 +134,7 @@ def main() -> None:
         writer.close()
         figures["write_img_s"] = args.images / (time.perf_counter() - started)
 
-        report = featurebank.extract(work / "data", backbone=args.backbone, cache=work / "cache", weights=args.weights,
+        report = featurebank.extract(data, backbone=args.backbone, cache=work / "cache", weights=args.weights,
                                      input_size=size, batch_size=args.batch_size, dtype=args.dtype,
                                      compression=args.compression, store=args.store)
         figures["extract_img_s"] = report.new / (report.seconds - report.build_seconds)

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 import featurebank
-from featurebank import claims, extraction, index, scan
+from featurebank import claims, extraction, index
 from featurebank.cache import ShardWriter
 
 CLASSES = 4

@@ -21,8 +21,8 @@ def build_cnn(variant: str, input_shape: tuple[int, int, int], n_classes: int, *
     Flatten → Dense(n_classes, softmax). funnel-out has 32/64/128 filters, funnel-in 128/64/32;
     batchnorm adds BatchNormalization after the first pooling; l2/l1/l1l2 add Dense(64, relu) with
     that 0.01 kernel regulariser on the feature map after the first pooling; dropout adds
-    Dropout(0.4) after the first and second pooling. ``augment`` puts random flips, translations
-    and brightness in front (training only).
+    Dropout(0.4) after the first and second pooling. ``augment`` puts random flips, translations,
+    small rotations and zooms, and brightness in front (training only).
     """
     keras = import_keras()
     from keras import layers, regularizers
@@ -35,6 +35,8 @@ def build_cnn(variant: str, input_shape: tuple[int, int, int], n_classes: int, *
     if augment:
         x = layers.RandomFlip("horizontal", name="random_flip")(x)
         x = layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", name="random_crop_shift")(x)
+        x = layers.RandomRotation(0.04, fill_mode="reflect", name="random_rotation")(x)  # ±15°
+        x = layers.RandomZoom(0.15, fill_mode="reflect", name="random_zoom")(x)
         x = layers.RandomBrightness(0.2, value_range=(0, 255), name="random_brightness")(x)
     x = layers.Rescaling(1.0 / 255, name="rescaling")(x)
     for stage, count in enumerate(filters, start=1):
@@ -77,13 +79,14 @@ class CNNClassifier(ClassifierBase):
     variant : one of VARIANTS.
     optimizer, learning_rate, epochs, batch_size, patience, start_from_epoch, seed : as DenseHead.
     image_size : (height, width) images are resized to when X holds paths; the study used (512, 384).
-    augment : random flips/translations/brightness while training (off: the study's setting).
+    augment : random flips, shifts, rotations, zooms and brightness while training (off: the study's setting).
+    lr_schedule : 'constant' (the study) or 'cosine' (the learning rate decays to 0 over ``epochs``).
     """
 
     def __init__(self, *, variant: str = "funnel-out", optimizer: str = "sgd", learning_rate: float | None = None,
                  image_size: tuple[int, int] = (512, 384), epochs: int = 40, batch_size: int = 32,
-                 patience: int = 5, start_from_epoch: int = 10, augment: bool = False, seed: int = 0,
-                 verbose: int = 0):
+                 patience: int = 5, start_from_epoch: int = 10, augment: bool = False, lr_schedule: str = "constant",
+                 seed: int = 0, verbose: int = 0):
         self.variant = variant
         self.optimizer = optimizer
         self.learning_rate = learning_rate
@@ -93,6 +96,7 @@ class CNNClassifier(ClassifierBase):
         self.patience = patience
         self.start_from_epoch = start_from_epoch
         self.augment = augment
+        self.lr_schedule = lr_schedule
         self.seed = seed
         self.verbose = verbose
 
@@ -124,6 +128,7 @@ class CNNClassifier(ClassifierBase):
             self, model, images, y_encoded, validation_data, optimizer=self.optimizer,
             learning_rate=self.learning_rate, epochs=self.epochs, batch_size=self.batch_size,
             patience=self.patience, start_from_epoch=self.start_from_epoch, seed=self.seed, verbose=self.verbose,
+            lr_schedule=self.lr_schedule,
         )
 
     def predict_proba(self, X) -> np.ndarray:

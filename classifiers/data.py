@@ -89,8 +89,8 @@ def load_split_images(cache="cache", backbone: str = "resnet50", *, data=None, b
 
     path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key) \
         if not str(cache).endswith(".h5") else cache
-    info = featurebank.load(path, balanced=balanced, exclude=exclude, lazy=True)
-    info.X.close()
+    # The rows' paths, labels and splits; the pooled side data is the cheapest read (any cache has it).
+    info = featurebank.load(path, balanced=balanced, exclude=exclude, pooling="avg")
     root = Path(data or info.attrs.get("data_root", ""))
     if not root.is_dir():
         raise CacheError(f"{root}: image folder of cache {Path(path).name} not found; pass it with --data DIR")

@@ -6,22 +6,28 @@ import numpy as np
 
 from classifiers.base import ClassifierBase
 from classifiers.batches import make_batches, predict_in_batches
-from classifiers.options import OPTIMIZERS
-
-STEPS_PER_EXECUTION = 32
+from classifiers.options import LR_SCHEDULES, OPTIMIZERS
 from featurebank.errors import InvalidArgument
 from featurebank.quiet import import_keras
 
+STEPS_PER_EXECUTION = 32
 
 
-def make_optimizer(name: str, learning_rate: float | None):
-    """A Keras optimizer with Keras' defaults, or the given learning rate."""
+def make_optimizer(name: str, learning_rate: float | None, *, schedule: str = "constant", total_steps: int = 1):
+    """A Keras optimizer with Keras' defaults, or the given learning rate; ``schedule='cosine'`` decays
+    that rate to zero over ``total_steps`` (a cosine, without restarts)."""
     keras = import_keras()
 
     classes = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}
     if name not in classes:
         raise InvalidArgument(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {name!r}")
-    return classes[name]() if learning_rate is None else classes[name](learning_rate=learning_rate)
+    if schedule not in LR_SCHEDULES:
+        raise InvalidArgument(f"learning-rate schedule must be one of {', '.join(LR_SCHEDULES)}; received {schedule!r}")
+    if schedule == "constant":
+        return classes[name]() if learning_rate is None else classes[name](learning_rate=learning_rate)
+    initial = learning_rate if learning_rate is not None else float(classes[name]().learning_rate)
+    decay = keras.optimizers.schedules.CosineDecay(initial, decay_steps=max(1, total_steps))
+    return classes[name](learning_rate=decay)
 
 
 def early_stopping(*, patience: int, start_from_epoch: int, monitor: str = "val_loss"):
@@ -33,13 +39,16 @@ def early_stopping(*, patience: int, start_from_epoch: int, monitor: str = "val_
 
 
 def fit_keras_model(estimator, model, X, y_encoded, validation_data, *, optimizer: str, learning_rate,
-                    epochs: int, batch_size: int, patience: int, start_from_epoch: int, seed: int, verbose: int):
+                    epochs: int, batch_size: int, patience: int, start_from_epoch: int, seed: int, verbose: int,
+                    lr_schedule: str = "constant"):
     """Compile and train ``model`` the study's way; stores ``model_``, ``history_``, ``best_epoch_``."""
+    train = make_batches(X, y_encoded, batch_size=batch_size, shuffle=True, seed=seed)
     # Up to STEPS_PER_EXECUTION training steps per call into the backend: the same updates in the same order
     # (identical results, tested), far fewer host round-trips for heads whose steps take microseconds.
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
-    train = make_batches(X, y_encoded, batch_size=batch_size, shuffle=True, seed=seed)
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate, schedule=lr_schedule,
+                                           total_steps=epochs * len(train)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=STEPS_PER_EXECUTION)
     callbacks, validation = [], None
     if validation_data is not None:
         X_val, y_val = validation_data

@@ -84,7 +84,8 @@ def _decode_splits(images, size) -> tuple[dict, list[dict]]:
 
 
 def train_cnn(cache="cache", backbone: str = "resnet50", *, variant: str = "funnel-out", optimizer: str = "sgd",
-              learning_rate=None, image_size=(512, 384), augment: bool = False, epochs: int = 40,
+              learning_rate=None, image_size=(512, 384), augment: bool = False, lr_schedule: str = "constant",
+              epochs: int = 40,
               batch_size: int = 32, patience: int = 5, start_from_epoch: int = 10, seed: int = 0, repeats: int = 1,
               balanced: int | None = None, data=None, weights=None, dtype=None, key=None, runs_dir="runs",
               name: str | None = None, exclude=None, verbose: int = 0) -> dict:
@@ -99,15 +100,15 @@ def train_cnn(cache="cache", backbone: str = "resnet50", *, variant: str = "funn
     params = _keras_params(optimizer, learning_rate, epochs, batch_size, patience, start_from_epoch)
 
     def train_one(run_seed: int, folder: Path) -> dict:
-        model = CNNClassifier(variant=variant, image_size=tuple(image_size), augment=augment, seed=run_seed,
-                              verbose=verbose, **params)
+        model = CNNClassifier(variant=variant, image_size=tuple(image_size), augment=augment, lr_schedule=lr_schedule,
+                              seed=run_seed, verbose=verbose, **params)
         model.fit(X_train, y_train, validation_data=(X_val, y_val), classes=list(range(len(images.classes))))
         model.model_.save(folder / "model.keras")
         config = {
             "kind": "cnn", "model_file": "model.keras", "model_sha256": file_sha256(folder / "model.keras"),
             "cache_key": images.key, "cache_file": images.cache_file, "data_root": images.data_root,
             "cnn": {**params, "variant": variant, "image_size": list(image_size), "augment": augment,
-                    "seed": run_seed, "parameters": int(model.model_.count_params())},
+                    "lr_schedule": lr_schedule, "seed": run_seed, "parameters": int(model.model_.count_params())},
             "balanced": balanced, "skipped": skipped,
             "split_sizes": {k: int(len(v[1])) for k, v in decoded.items()},
         }

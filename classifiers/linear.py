@@ -8,8 +8,6 @@ only, so an outer evaluation fold is never seen by the tuning.
 
 from __future__ import annotations
 
-import numpy as np
-
 from classifiers.base import PreprocessedPipelineClassifier, inner_folds, transform_features
 
 DEFAULT_LOGREG_C = (0.01, 0.1, 1.0, 10.0)

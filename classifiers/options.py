@@ -1,6 +1,7 @@
 """Names of the closed sets of options the classifiers accept, defined once (the CLI imports them without sklearn)."""
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")  # constant: the study; cosine: decays to 0 over the epochs
 VARIANTS = ("funnel-out", "funnel-in", "batchnorm", "l2", "l1", "l1l2", "dropout")
 GRID_NAMES = ("seed-table1", "baselines")
 HEADS = ("svm", "logreg", "dense")  # heads of `featurebank evaluate`

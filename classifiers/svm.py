@@ -66,19 +66,28 @@ class FeatureSVM(PreprocessedPipelineClassifier):
 
 
 
-def sift_descriptors(image: np.ndarray, *, max_keypoints: int = 500) -> np.ndarray:
-    """SIFT descriptors (k, 128) of an RGB uint8 image (k may be 0)."""
+def sift_descriptors(image: np.ndarray, *, max_keypoints: int = 500, root: bool = False) -> np.ndarray:
+    """SIFT descriptors (k, 128) of an RGB uint8 image (k may be 0); ``root``: RootSIFT (L1-normalised, square
+    root: Euclidean distance between them is the Hellinger distance of the SIFT histograms)."""
     import cv2
 
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     _, descriptors = cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(gray, None)
-    return np.zeros((0, 128), np.float32) if descriptors is None else descriptors.astype(np.float32)
+    if descriptors is None:
+        return np.zeros((0, 128), np.float32)
+    descriptors = descriptors.astype(np.float32)
+    if root:
+        descriptors = np.sqrt(descriptors / np.maximum(descriptors.sum(axis=1, keepdims=True), 1e-7))
+    return descriptors
 
 
 class BagOfVisualWordsSVM(ClassifierBase):
     """Thung & Yang's baseline: SIFT descriptors → k-means vocabulary (train only) → word histograms → SVC.
 
-    X is a sequence of RGB uint8 images (all the same size or not).
+    X is a sequence of RGB uint8 images (all the same size or not). ``hellinger`` (default) uses
+    RootSIFT descriptors and square-rooted word frequencies, the standard remedy for bursty visual
+    words (Arandjelović & Zisserman 2012); off, descriptors and frequencies are used raw.
+    Descriptors are computed on a pool of threads (OpenCV releases the GIL).
 
     Attributes
     ----------
@@ -86,14 +95,28 @@ class BagOfVisualWordsSVM(ClassifierBase):
     """
 
     def __init__(self, *, vocabulary_size: int = 200, max_keypoints: int = 500, max_descriptors: int = 100_000,
-                 C_grid=DEFAULT_C_GRID, gamma_grid=DEFAULT_GAMMA_GRID, cv: int = 5, seed: int = 0):
+                 hellinger: bool = True, C_grid=DEFAULT_C_GRID, gamma_grid=DEFAULT_GAMMA_GRID, cv: int = 5,
+                 seed: int = 0):
         self.vocabulary_size = vocabulary_size
         self.max_keypoints = max_keypoints
         self.max_descriptors = max_descriptors
+        self.hellinger = hellinger
         self.C_grid = C_grid
         self.gamma_grid = gamma_grid
         self.cv = cv
         self.seed = seed
+
+    def describe(self, X) -> list[np.ndarray]:
+        """SIFT descriptors of each image, as this model computes them (on a pool of threads)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from featurebank.sizing import usable_cores
+
+        def one(image):
+            return sift_descriptors(image, max_keypoints=self.max_keypoints, root=self.hellinger)
+
+        with ThreadPoolExecutor(usable_cores()) as pool:
+            return list(pool.map(one, X))
 
     def _histograms(self, descriptor_sets) -> np.ndarray:
         out = np.zeros((len(descriptor_sets), self.vocabulary_size), np.float32)
@@ -101,7 +124,7 @@ class BagOfVisualWordsSVM(ClassifierBase):
             if len(descriptors):
                 words = self.vocabulary_.predict(descriptors)
                 out[i] = np.bincount(words, minlength=self.vocabulary_size) / len(words)
-        return out
+        return np.sqrt(out) if self.hellinger else out
 
     def __sklearn_tags__(self):
         """Images in, not a 2-d feature matrix: scikit-learn's generic checks cannot apply (they then skip)."""
@@ -111,10 +134,13 @@ class BagOfVisualWordsSVM(ClassifierBase):
         return tags
 
     def fit(self, X, y, *, classes=None) -> BagOfVisualWordsSVM:
+        self._check_X(X, y, min_samples=2)
+        return self.fit_descriptors(self.describe(X), y, classes=classes)
+
+    def fit_descriptors(self, descriptor_sets: list[np.ndarray], y, *, classes=None) -> BagOfVisualWordsSVM:
+        """``fit`` on descriptors from ``describe`` (to try several vocabularies on one pass of SIFT)."""
         from sklearn.cluster import MiniBatchKMeans
 
-        self._check_X(X, y, min_samples=2)
-        descriptor_sets = [sift_descriptors(image, max_keypoints=self.max_keypoints) for image in X]
         pooled = np.concatenate([d for d in descriptor_sets if len(d)] or [np.zeros((0, 128), np.float32)])
         if len(pooled) < self.vocabulary_size:
             raise InvalidArgument(f"only {len(pooled)} SIFT descriptors in the training images; need at least "
@@ -132,5 +158,8 @@ class BagOfVisualWordsSVM(ClassifierBase):
 
     def predict_proba(self, X) -> np.ndarray:
         self._check_fitted()
-        descriptor_sets = [sift_descriptors(image, max_keypoints=self.max_keypoints) for image in X]
+        return self.predict_proba_descriptors(self.describe(X))
+
+    def predict_proba_descriptors(self, descriptor_sets: list[np.ndarray]) -> np.ndarray:
+        self._check_fitted()
         return self.svm_.predict_proba(self._histograms(descriptor_sets))

@@ -179,15 +179,30 @@ def zstd_frames(rows: np.ndarray) -> list[bytes]:
 
 
 _POOL = None
+_POOL_SETTINGS: tuple[int, bool] = (0, False)  # (threads, low priority) the pool was made with
 _LOCAL = threading.local()
 
 
+def configure_compression(workers: int, *, low_priority: bool = False) -> None:
+    """Size the compression pool (``featurebank.sizing`` chooses it); low priority yields cores to a backbone."""
+    global _POOL, _POOL_SETTINGS
+    if (max(1, workers), low_priority) != _POOL_SETTINGS and _POOL is not None:
+        _POOL.shutdown(wait=True)
+        _POOL = None
+    _POOL_SETTINGS = (max(1, workers), low_priority)
+
+
 def _compression_pool():
-    global _POOL
+    global _POOL, _POOL_SETTINGS
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="featurebank-zstd")
+        from featurebank.images import lower_thread_priority
+
+        workers, low = _POOL_SETTINGS if _POOL_SETTINGS[0] else (max(1, os.cpu_count() or 1), False)
+        _POOL_SETTINGS = (workers, low)
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-zstd",
+                                   initializer=lower_thread_priority if low else None)
     return _POOL
 
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurebank.backbones import Backbone, get_backbone, weights_identity
-from featurebank.cache import DTYPES, STORES, describe_os_error, make_manifest
+from featurebank.cache import DTYPES, STORES, configure_compression, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
 from featurebank.embed import AUGMENTS, Embedder, embed_files
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import lower_thread_priority
 from featurebank.index import FeatureStore, StoredState, inputs_digest
 from featurebank.scan import Sample, ScanResult, Skipped, scan_folder
+from featurebank.sizing import EngineSizes, choose_sizes
 from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
 
 ENGINES = ("local", "ray")
@@ -47,6 +48,7 @@ class ExtractReport:
     engine: str = "local"
     workers: int = 1  # processes that computed features in this run (Ray: actors)
     nodes: int = 1  # machines whose processes committed shards in this run
+    sizes: dict | None = None  # batch, decoding and compression threads the engine ran with (None: nothing to do)
 
     @property
     def images_per_s(self) -> float:
@@ -58,7 +60,7 @@ class ExtractReport:
             "new": self.new, "cached": self.cached, "skipped": [s.as_dict() for s in self.skipped],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2), "classes": self.classes,
             "build_seconds": round(self.build_seconds, 3), "engine": self.engine, "workers": self.workers,
-            "nodes": self.nodes,
+            "nodes": self.nodes, "sizes": self.sizes,
         }
 
 
@@ -66,6 +68,7 @@ class Progress:
     """Progress callbacks; the CLI passes a tqdm-backed one, the library default is silent."""
 
     def start(self, total: int) -> None: ...
+    def engine(self, sizes: EngineSizes) -> None: ...
     def advance(self, count: int) -> None: ...
     def finish(self) -> None: ...
 
@@ -173,7 +176,7 @@ def extract(
     backbone: str = "resnet50",
     cache: str | os.PathLike = "cache",
     weights: str = "imagenet",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     dtype: str = "float16",
     input_size: tuple[int, int] | None = None,
     split_seed: int = 0,
@@ -200,6 +203,8 @@ def extract(
     with the reason, and never stop the run. Several processes may run this on the same cache at
     once: they split the work by claims, and each image is computed once between them.
     ``engine='ray'`` runs the same extraction on a Ray cluster (``ray_address``; a local one if None).
+    ``batch_size`` and ``decode_workers`` left as None are chosen from the device and the cores
+    (featurebank/sizing.py); ``report.sizes`` says what ran.
     """
     started = time.perf_counter()
     plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
@@ -229,15 +234,20 @@ def extract(
         cache_file=str(feature_store.index_path), backbone=plan.spec.name, key=feature_store.key, images=images,
         new=new, cached=images - new if images >= new else 0, skipped=plan.skipped,
         seconds=time.perf_counter() - started, classes=plan.classes, build_seconds=build_seconds,
-        engine=engine, workers=outcome["workers"], nodes=outcome.get("nodes", 1),
+        engine=engine, workers=outcome["workers"], nodes=outcome.get("nodes", 1), sizes=outcome.get("sizes"),
     )
 
 
-def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, batch_size: int, compression: str,
-              shard_size: int, decode_workers: int | None = None, lease_seconds: float = 60.0,
+def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, batch_size: int | None,
+              compression: str, shard_size: int, decode_workers: int | None = None, lease_seconds: float = 60.0,
               address: str | None = None, progress: Progress | None = None, warn=None) -> dict:
     """The local engine (every engine has this signature): claimed passes through this process's pipeline."""
     progress = progress or Progress()
+    sizes = choose_sizes(plan.spec.library, compression=compression, batch_size=batch_size,
+                         decode_workers=decode_workers)
+    configure_compression(sizes.compression_workers, low_priority=not sizes.accelerated)
+    batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
+    progress.engine(sizes)
     embed = LazyEmbedder(lambda: Embedder.for_manifest(plan.store.manifest, weights=weights, batch_size=batch_size,
                                                        spec=plan.spec))
     new, failures = 0, []
@@ -252,7 +262,8 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
                 failures += failed
     finally:
         progress.finish()
-    return {"new": new, "failures": failures, "workers": 1, "build_seconds": embed.build_seconds}
+    return {"new": new, "failures": failures, "workers": 1, "build_seconds": embed.build_seconds,
+            "sizes": sizes.as_dict()}
 
 
 def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureStore, state: StoredState,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featurebank.sizing import CPU_BATCH, GPU_BATCH
 from featurebank.cache import POOLED
 from featurebank.errors import CacheError, FeaturebankError
 from featurebank.scan import Skipped
@@ -165,13 +166,14 @@ def check_shared_paths(ray, folders: dict[str, Path]) -> int:
     return len(nodes)
 
 
-def run_ray(plan, todo, *, weights: str, batch_size: int, compression: str, shard_size: int,
+def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: str, shard_size: int,
             decode_workers: int | None = None, lease_seconds: float = 60.0, address: str | None = None,
             progress=None, warn=None) -> dict:
     """Extract ``todo`` on a Ray cluster (``address``: 'auto', 'ray://…', or None for a local instance).
 
     The same signature as the local engine; ``decode_workers`` and ``lease_seconds`` do not apply
-    (Ray schedules decoding tasks itself, and Ray's task retries replace claims). Progress is Ray
+    (Ray schedules decoding tasks itself, and Ray's task retries replace claims). A batch size of None
+    is the local engine's choice for the actors' device (featurebank/sizing.py). Progress is Ray
     Data's own bar (and its dashboard, where one runs).
     """
     ray = import_ray()
@@ -188,6 +190,7 @@ def run_ray(plan, todo, *, weights: str, batch_size: int, compression: str, shar
         cpus = int(resources.get("CPU", 1))
         actors = gpus if gpus else max(1, cpus // 2)
         actor_cpus = 0 if gpus else max(1, (cpus - 1) // actors)
+        batch_size = batch_size or (GPU_BATCH if gpus else CPU_BATCH)  # the local engine's choice, per actor
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         node_cpus = max(int(n.get("Resources", {}).get("CPU", 1)) for n in nodes)
         threads = max(1, node_cpus // max(1, math.ceil(actors / len(nodes))))

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import featurebank
 from cli import main
-from featurebank.backbones import available_backbones, get_backbone
+from featurebank.backbones import get_backbone
 from featurebank.images import load_image
 
 

@@ -21,3 +21,4 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
         assert figures[name] > 0, name
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
+    assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given

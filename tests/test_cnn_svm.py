@@ -48,19 +48,34 @@ def test_regularisers_and_dropout_rates():
     assert l1l2.kernel_regularizer.l1 == pytest.approx(0.01) and l1l2.kernel_regularizer.l2 == pytest.approx(0.01)
     assert build_cnn("dropout", (64, 48, 3), 6).get_layer("dropout2").rate == 0.4
     augmented = [layer.name for layer in build_cnn("funnel-out", (64, 48, 3), 6, augment=True).layers]
-    assert augmented[1:4] == ["random_flip", "random_crop_shift", "random_brightness"]
+    assert augmented[1:6] == ["random_flip", "random_crop_shift", "random_rotation", "random_zoom",
+                              "random_brightness"]
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_run():
+    from classifiers.heads import make_optimizer
+
+    constant = make_optimizer("adam", None)
+    cosine = make_optimizer("adam", None, schedule="cosine", total_steps=100)
+    assert float(cosine.learning_rate) == pytest.approx(float(constant.learning_rate))  # Keras' default to start
+    cosine.iterations.assign(50)
+    assert float(cosine.learning_rate) == pytest.approx(float(constant.learning_rate) / 2, rel=1e-4)
+    cosine.iterations.assign(100)
+    assert float(cosine.learning_rate) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_cli_train_cnn(small_cache, tmp_path):
     result = CliRunner().invoke(main, [
         "train-cnn", "--cache", str(small_cache["cache"]), "--variant", "l1l2", "--optimizer", "adam",
-        "--image-size", "64x48", "--epochs", "2", "--runs-dir", str(tmp_path), "--json"])
+        "--image-size", "64x48", "--epochs", "2", "--augment", "--lr-schedule", "cosine", "--runs-dir", str(tmp_path),
+        "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     run_dir = Path(payload["run_dir"])
     metrics = check_run_folder(run_dir)
     assert metrics["epochs_run"] == 2 and metrics["test_accuracy"] == payload["test_accuracy"]
-    assert json.loads((run_dir / "run.json").read_text())["cnn"]["variant"] == "l1l2"
+    recorded = json.loads((run_dir / "run.json").read_text())["cnn"]
+    assert (recorded["variant"], recorded["augment"], recorded["lr_schedule"]) == ("l1l2", True, "cosine")
     check_predict(run_dir, small_cache, "cnn")
 
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
+#   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=540)
+# Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
+# re-encoded from .gpu-source); the JSON figures land in $OUT. It also runs here, on a CPU, at small size:
+#   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out bash bench/gpu_run.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || exit 1
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-1024}
+source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
+run() {  # name, then gpu_extract.py options
+  local name=$1; shift
+  echo "== $name"
+  timeout 130 python3 bench/gpu_extract.py --images "$IMAGES" --forward-images "$FORWARD" --source "$source" \
+    --data-dir /tmp/gpu-jpegs \
+    --json "$OUT/$name.json" "$@" 2>&1 | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -4
+}
+run resnet50-float16-none --backbone resnet50 --compression none
+run resnet50-float16-zstd --backbone resnet50 --compression zstd
+run resnet50-pooled --backbone resnet50 --store pooled
+run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd
+ls "$OUT"

@@ -1,0 +1,97 @@
+"""The engine's sizes, chosen from the device and the cores unless the user gives them.
+
+A GPU wants large batches and enough decoding threads to feed it; a small CPU wants small batches
+(memory, latency) and as few helper threads as keep the backbone busy, since every helper thread
+takes a core from it. ``choose_sizes`` looks at the accelerator the backbone's library sees and the
+cores this process may use; every value the user passes wins. The CLI prints the result, so the
+user sees what was picked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+CPU_BATCH = 16  # ResNet50 at 512x384 on a CPU: as fast per image as larger batches, a fraction of the memory
+GPU_BATCH = 128  # fills an H100/H200 with ResNet50 at 512x384; activations stay a few GiB
+
+
+@dataclass(frozen=True)
+class EngineSizes:
+    """What the local engine runs with."""
+
+    device: str  # "cpu", or the accelerator's platform and name
+    cores: int  # CPU cores this process may run on
+    batch_size: int
+    decode_workers: int
+    compression_workers: int
+
+    @property
+    def accelerated(self) -> bool:
+        return self.device != "cpu"
+
+    def describe(self) -> str:
+        return (f"{self.device}, {self.cores} cores: batch {self.batch_size}, {self.decode_workers} decoding "
+                f"thread{'s' * (self.decode_workers != 1)}, {self.compression_workers} compression "
+                f"thread{'s' * (self.compression_workers != 1)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as containers and schedulers set it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def accelerator(library: str) -> str | None:
+    """The accelerator the backbone's library would run on ('cuda: NVIDIA H200'), None for the CPU.
+
+    Imports that library (the backbone is about to be built with it anyway).
+    """
+    if library == "keras":
+        from featurebank.quiet import import_keras
+
+        backend = import_keras().backend.backend()
+        if backend == "jax":
+            import jax
+
+            devices = [d for d in jax.devices() if d.platform != "cpu"]
+            return f"{devices[0].platform}: {devices[0].device_kind}" if devices else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return f"gpu: {gpus[0].name}" if gpus else None
+        library = backend  # the torch backend
+    if library == "torch":
+        import torch
+
+        return f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else None
+    return None  # numpy backbones
+
+
+def choose_sizes(library: str, *, compression: str, batch_size: int | None = None,
+                 decode_workers: int | None = None, compression_workers: int | None = None,
+                 device: str | None = None, cores: int | None = None) -> EngineSizes:
+    """Sizes for a run of a ``library`` backbone; the ones given are kept as they are.
+
+    - batch: GPU_BATCH on an accelerator, CPU_BATCH on the CPU;
+    - decoding threads: every core but one (Pillow releases the GIL; the last core runs the
+      engine's Python and the writer);
+    - compression threads (zstd only): half the cores next to a GPU, where the CPU is otherwise
+      idle; on the CPU every core, at low priority, so that they fill the backbone's idle moments.
+    """
+    cores = cores or usable_cores()
+    device = device or accelerator(library) or "cpu"
+    on_gpu = device != "cpu"
+    compressing = compression == "zstd"
+    return EngineSizes(
+        device=device, cores=cores,
+        batch_size=batch_size or (GPU_BATCH if on_gpu else CPU_BATCH),
+        decode_workers=decode_workers or max(1, cores - 1),
+        compression_workers=compression_workers or (0 if not compressing else max(1, cores // 2) if on_gpu else cores),
+    )

@@ -167,8 +167,13 @@ class KerasFeatureFunction:
             from featurebank.quiet import import_keras
 
             keras = import_keras()
-            maps = self.model.outputs[0]
-            outputs = [keras.ops.cast(maps, name), keras.ops.mean(maps, axis=(1, 2)), keras.ops.max(maps, axis=(1, 2))]
+
+            def stored_and_pooled(maps):
+                return [keras.ops.cast(maps, name), keras.ops.mean(maps, axis=(1, 2)), keras.ops.max(maps, axis=(1, 2))]
+
+            # One named layer, not loose ops: Keras numbers unnamed ops per thread, and this may be called from
+            # another thread than the one that built the model (Ray actors do), where "cast" would clash.
+            outputs = keras.layers.Lambda(stored_and_pooled, name=f"featurebank_stored_{name}")(self.model.outputs[0])
             self._embed_models[name] = keras.Model(self.model.inputs, outputs, name=f"{self.model.name}_embed_{name}")
         stored, avg, largest = self._embed_models[name].predict_on_batch(self._padded(images))
         count = len(images)

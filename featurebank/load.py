@@ -61,15 +61,28 @@ class ShardReader:
 
     def read(self, name: str, dataset: str, rows: np.ndarray) -> np.ndarray:
         """Rows (sorted, unique) of ``dataset`` in shard ``name``."""
+        block, index = self.read_span(name, dataset, rows)
+        return block if len(index) == len(block) else block[index]
+
+    def read_span(self, name: str, dataset: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A block of stored rows that holds ``rows`` (sorted, unique), and where each of them is in it.
+
+        Dense requests are one contiguous read; sparse ones one read per run of consecutive rows
+        (h5py's list indexing is far slower on chunked data). The block keeps the stored dtype.
+        """
         fh = self.file(name)
         if dataset not in fh:
             raise CacheError(f"{self.shard_dir / name}: this cache stores pooled vectors only (extract --store "
                              "pooled); ask for pooling='avg' or 'max', or extract again with --store maps")
         data = fh[dataset]
         try:
-            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-                return data[int(rows[0]) : int(rows[-1]) + 1]
-            return data[rows.tolist()]
+            if len(rows) == 0:
+                return data[0:0], np.zeros(0, np.int64)
+            first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
+            if span <= 2 * len(rows):
+                return data[first : first + span], rows - first
+            runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+            return np.concatenate([data[int(run[0]) : int(run[-1]) + 1] for run in runs]), np.arange(len(rows))
         except OSError as exc:
             raise CacheError(f"{self.shard_dir / name}: cannot read shard: {describe_os_error(exc)}") from None
 
@@ -109,10 +122,14 @@ class LazyFeatures:
         view.shape = (len(view.row), *self.shape[1:])
         return view
 
-    def read_rows(self, positions) -> np.ndarray:
-        """Features of the given positions (into this view), in that order."""
+    def read_rows(self, positions, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Features of the given positions (into this view), in that order (into ``out`` if given).
+
+        Each shard's rows are read in one sweep and converted to float32 as they are copied into
+        place: one pass over the data, whatever the stored dtype.
+        """
         positions = np.asarray(positions, dtype=np.int64)
-        out = np.empty((len(positions), *self.shape[1:]), np.float32)
+        out = np.empty((len(positions), *self.shape[1:]), np.float32) if out is None else out
         if len(positions) == 0:
             return out
         if self._reader is None:
@@ -126,6 +143,11 @@ class LazyFeatures:
             name = self.shards[shards[group[0]]]
             if pooled:  # the stored pooled vectors: the maps are never read
                 block = np.concatenate([self._reader.read(name, d, unique) for d in pooled], axis=1)
+            elif self.pooling is None:  # whole maps: each row copied (and cast to float32) once, straight into place
+                block, index = self._reader.read_span(name, "features", unique)
+                for target, source in zip(group.tolist(), index[inverse].tolist()):
+                    out[target] = block[source]
+                continue
             else:
                 block = pool_features(self._reader.read(name, "features", unique), self.pooling)
             out[group] = block[inverse]
@@ -137,12 +159,7 @@ class LazyFeatures:
         return self.read_rows(np.arange(len(self))[item])
 
     def __array__(self, dtype=None, copy=None):
-        out = np.empty(self.shape, np.float32)
-        block = max(64, (1 << 26) // max(1, int(np.prod(self.shape[1:])) * 4))  # ~64 MB at a time
-        stored_order = np.lexsort((self.row, self.shard))  # read each shard's rows in one sweep
-        for start in range(0, len(self), block):
-            positions = stored_order[start : start + block]
-            out[positions] = self.read_rows(positions)
+        out = self.read_rows(np.arange(len(self)), out=np.empty(self.shape, np.float32))
         return out if dtype is None else out.astype(dtype)
 
     def close(self) -> None:

@@ -213,3 +213,17 @@ def test_keras_on_jax_casts_on_the_device_within_float16_rounding():
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", JAX_EMBED], capture_output=True, text=True, env=env, timeout=300)
     assert done.stdout.split() == ["float16", "(3,", "3,", "2,", "2048)", "True", "True"], done.stderr[-2000:]
+
+def test_keras_embed_from_another_thread_than_the_build():
+    """Ray actors build the backbone in one thread and embed in another (Keras numbers unnamed ops per thread)."""
+    import threading
+
+    from featurebank.embed import Embedder
+
+    function = get_backbone("resnet50").build("none", (64, 64), 2)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(result=Embedder(function, dtype="float16")(
+        np.zeros((2, 64, 64, 3), np.uint8))))
+    worker.start()
+    worker.join(timeout=120)
+    assert done["result"].maps.shape == (2, 2, 2, 2048) and done["result"].maps.dtype == np.float16

@@ -120,3 +120,21 @@ def test_several_steps_per_backend_call_train_exactly_like_one(monkeypatch):
     monkeypatch.setattr(heads, "STEPS_PER_EXECUTION", 32)
     many = DenseHead(**options).fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(one, many)
+
+
+def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache):
+    """Reading a view's rows (dense spans, sparse runs, repeats, any order) gives exactly the stored maps."""
+    import h5py
+
+    lazy = featurebank.load(small_cache["cache"], lazy=True)
+    stored = {}
+    for shard in sorted(small_cache["cache"].glob("*.shards/[!.]*.h5")):
+        with h5py.File(shard, "r") as fh:
+            stored.update(zip(fh["sha256"].asstr()[...], fh["features"][...].astype(np.float32)))
+    expected = np.stack([stored[digest] for digest in lazy.sha256])
+    np.testing.assert_array_equal(np.asarray(lazy.X), expected)  # every row
+    rng = np.random.default_rng(0)
+    for positions in (np.arange(0, len(lazy), 5), rng.permutation(len(lazy))[:40], np.array([7, 3, 7, 150, 3])):
+        np.testing.assert_array_equal(lazy.X.read_rows(positions), expected[positions])
+        np.testing.assert_array_equal(np.asarray(lazy.X.subset(positions)), expected[positions])
+    lazy.X.close()

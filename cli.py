@@ -194,7 +194,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def info(cache, as_json):
     """List every cache in CACHE: backbone, weights, dtype, input size, images and bytes on disk."""
-    from featurebank.index import find_indexes
+    from featurebank.index_view import find_indexes
     from featurebank.load import describe_index
 
     rows, broken = [], []

@@ -1,4 +1,4 @@
-"""A cache key's index: which images of the current scan have features, and in which shard row.
+"""Writing a cache key's index: which images of the current scan have features, and in which shard row.
 
 The index file (``B-K12.h5``) is consolidated once per extraction run, under a lock, from the scan
 and the shards. While a run is going, every shard it commits is self-describing (sha256, paths,
@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from featurebank.cache import (
@@ -39,29 +38,7 @@ from featurebank.cache import (
     write_atomically,
 )
 from featurebank.errors import CacheError
-
-INDEX_FORMAT = 2
-
-
-@dataclass
-class IndexView:
-    """The rows a reader sees: the index plus any committed shard it does not list yet."""
-
-    index_path: Path
-    paths: np.ndarray
-    labels: np.ndarray
-    sha256: np.ndarray
-    split: np.ndarray
-    shard: np.ndarray  # int32 position in ``shards``
-    row: np.ndarray
-    shards: list[str]
-    classes: list[str]
-    attrs: dict
-    manifest: dict
-
-    @property
-    def shard_dir(self) -> Path:
-        return self.index_path.with_suffix(".shards")
+from featurebank.index_view import INDEX_FORMAT, read_base, shard_files, shard_names
 
 
 @dataclass
@@ -73,114 +50,6 @@ class StoredState:
     index_digest: str | None = None  # content digest of the index read, to skip rewriting an unchanged one
     index_splits: dict[str, str] = field(default_factory=dict)  # sha256 → split of the index's rows
     index_split_settings: tuple = ()  # (seed, fractions) those splits were drawn with
-
-
-def _read_manifest(shard_dir: Path) -> dict:
-    try:
-        manifest = json.loads((shard_dir / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CacheError(f"{shard_dir}: no readable manifest.json ({exc}); not a featurebank cache") from None
-    manifest.pop("key", None)
-    return manifest
-
-
-def _shard_names(shard_dir: Path) -> list[str]:
-    """Committed shard files in a shard folder (a listing only: no file is opened or stat'ed)."""
-    with contextlib.suppress(FileNotFoundError):
-        return [e.name for e in os.scandir(shard_dir) if e.name.endswith(".h5") and not e.name.startswith(".")]
-    return []
-
-
-def _shard_files(shard_dir: Path) -> dict[str, os.stat_result]:
-    """Committed shard files with their stat results (to check the ones the index lists are unchanged)."""
-    return {name: (shard_dir / name).stat() for name in _shard_names(shard_dir)}
-
-
-def read_base(index_path: Path) -> h5py.File | None:
-    """The consolidated index opened read-only, None if absent; a clear CacheError if damaged or too old."""
-    if not index_path.exists():
-        return None
-    try:
-        fh = h5py.File(index_path, "r")
-    except OSError as exc:
-        raise CacheError(
-            f"{index_path}: not a readable featurebank cache index ({describe_os_error(exc)}); run `featurebank "
-            "extract` again to rebuild it from its shards, or `featurebank extract --rebuild` to start over") from None
-    if int(fh.attrs.get("index_format", 1)) != INDEX_FORMAT or "shards" not in fh:
-        fh.close()
-        raise CacheError(f"{index_path}: index written by an older featurebank; run `featurebank extract` on the "
-                         "same data to rebuild it from its shards (nothing is recomputed)")
-    return fh
-
-
-def read_view(index_path: str | os.PathLike) -> IndexView:
-    """Rows of the cache whose index is ``index_path``: consolidated rows, overridden by newer shards' rows."""
-    index_path = Path(index_path)
-    shard_dir = index_path.with_suffix(".shards")
-    base = read_base(index_path)
-    if base is None and not shard_dir.is_dir():
-        raise CacheError(f"{index_path}: no such feature cache")
-    columns: dict[str, list] = {"paths": [], "labels": [], "sha256": [], "split": [], "shard": [], "row": []}
-    shards: list[str] = []
-    classes: list[str] = []
-    attrs: dict = {}
-    if base is not None:
-        with base:
-            try:
-                shards = list(base["shards"].asstr()[...])
-                columns = {"paths": base["paths"].asstr()[...], "labels": base["labels"][...],
-                           "sha256": base["sha256"][...].astype("U64"), "split": base["split"][...].astype("U5"),
-                           "shard": base["shard"][...], "row": base["row"][...]}
-                classes = json.loads(base.attrs["classes"])
-                attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in base.attrs.items()}
-                manifest = json.loads(base.attrs["manifest"])
-            except (KeyError, ValueError, OSError) as exc:
-                raise CacheError(f"{index_path}: not a readable featurebank cache index ({exc}); run `featurebank "
-                                 "extract` again to rebuild it from its shards") from None
-    else:
-        manifest = _read_manifest(shard_dir)
-        attrs = {"key": cache_key(manifest), "manifest": json.dumps(manifest, sort_keys=True)}
-    known = set(shards)
-    newer = sorted(name for name in _shard_names(shard_dir) if name not in known)
-    if newer:
-        columns, classes = _join_newer_shards(shard_dir, newer, columns, shards, classes)
-    return IndexView(index_path=index_path, classes=classes, attrs=attrs, manifest=manifest, shards=shards,
-                     paths=np.asarray(columns["paths"], dtype=object), labels=np.asarray(columns["labels"], np.int64),
-                     sha256=np.asarray(columns["sha256"], dtype="U64"), split=np.asarray(columns["split"], dtype="U5"),
-                     shard=np.asarray(columns["shard"], np.int32), row=np.asarray(columns["row"], np.int64))
-
-
-def _join_newer_shards(shard_dir: Path, names: list[str], columns: dict, shards: list[str], classes: list[str]):
-    """Add the rows of committed shards the index does not list yet; a path's newest row wins."""
-    position = {path: i for i, path in enumerate(columns["paths"])}
-    columns = {k: list(v) for k, v in columns.items()}
-    for name in names:
-        try:
-            with open_shard(shard_dir / name) as fh:
-                if "labels" not in fh:
-                    continue  # a shard from an older featurebank: listed after the next extract
-                shard_classes = json.loads(fh.attrs["classes"])
-                rows = zip(fh["paths"].asstr()[...], fh["labels"][...], fh["sha256"][...].astype("U64"),
-                           fh["split"][...].astype("U5"))
-                rows = list(rows)
-        except (ShardDamaged, CacheError):
-            continue  # reported and quarantined by the next extract; a reader just does not see it
-        if any(c not in classes for c in shard_classes):  # labels are positions: remap those gathered so far
-            grown = sorted({*classes, *shard_classes})
-            remap = [grown.index(c) for c in classes]
-            columns["labels"] = [remap[label] for label in columns["labels"]]
-            classes = grown
-        shards.append(name)
-        for row, (path, label, digest, split) in enumerate(rows):
-            values = (path, classes.index(shard_classes[label]), digest, split, len(shards) - 1, row)
-            if path in position:
-                for key, value in zip(columns, values):
-                    columns[key][position[path]] = value
-            else:
-                position[path] = len(columns["paths"])
-                for key, value in zip(columns, values):
-                    columns[key].append(value)
-    return columns, classes
 
 
 class FeatureStore:
@@ -230,7 +99,7 @@ class FeatureStore:
         with ``verify``), so a run's bookkeeping does not grow with the cache.
         """
         state = StoredState()
-        on_disk = _shard_files(self.shard_dir)
+        on_disk = shard_files(self.shard_dir)
         base = None
         with contextlib.suppress(CacheError):
             base = read_base(self.index_path)
@@ -273,7 +142,7 @@ class FeatureStore:
                 return False
             recorded = dict(zip(base["shards"].asstr()[...].tolist(),
                                 zip(base["shard_bytes"][...].tolist(), base["shard_mtime_ns"][...].tolist())))
-        on_disk = _shard_files(self.shard_dir)
+        on_disk = shard_files(self.shard_dir)
         return recorded.keys() == on_disk.keys() and all(
             (info.st_size, info.st_mtime_ns) == recorded[name] for name, info in on_disk.items())
 
@@ -284,7 +153,7 @@ class FeatureStore:
         from ``state`` with their rows.
         """
         added = []
-        names = _shard_names(self.shard_dir)
+        names = shard_names(self.shard_dir)
         if forget_missing and (gone := state.shards.keys() - set(names)):
             for name in gone:
                 del state.shards[name]
@@ -427,5 +296,5 @@ def find_indexes(cache_dir: str | os.PathLike) -> list[Path]:
         return []
     found = {p for p in folder.glob("*.h5") if not p.name.startswith(".")}
     found |= {p.with_suffix(".h5") for p in folder.glob("*.shards") if (p / "manifest.json").is_file()
-              and _shard_names(p)}
+              and shard_names(p)}
     return sorted(found)

@@ -11,7 +11,7 @@ import numpy as np
 
 from featurebank.cache import POOLED, ShardDamaged, cache_key, describe_os_error, open_shard, pooled_vectors
 from featurebank.errors import AmbiguousCacheError, CacheError, InvalidArgument
-from featurebank.index import IndexView, find_indexes, read_view
+from featurebank.index_view import IndexView, find_indexes, read_view
 from featurebank.splits import SPLIT_NAMES, balanced_subset
 
 POOLINGS = ("flatten", "avg", "max", "avg+max")

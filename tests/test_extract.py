@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import featurebank
 from cli import main
 from featurebank.backbones import get_backbone
-from featurebank.index import find_indexes
+from featurebank.index_view import find_indexes
 from conftest import FEATUREBANK
 
 

@@ -171,10 +171,8 @@ def zstd_frames(rows: np.ndarray) -> list[bytes]:
     stores for a chunk, so they go in with ``write_direct_chunk`` and any h5py reader that
     imports hdf5plugin reads them back, bit for bit.
     """
-    import zstandard
-
     if len(rows) < 2:
-        return [zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(row.tobytes()) for row in rows]
+        return [_compressor().compress(row.tobytes()) for row in rows]
     return list(_compression_pool().map(lambda row: _compressor().compress(row.tobytes()), rows))
 
 
@@ -198,8 +196,9 @@ def _compression_pool():
         from concurrent.futures import ThreadPoolExecutor
 
         from featurebank.images import lower_thread_priority
+        from featurebank.sizing import usable_cores
 
-        workers, low = _POOL_SETTINGS if _POOL_SETTINGS[0] else (max(1, os.cpu_count() or 1), False)
+        workers, low = _POOL_SETTINGS if _POOL_SETTINGS[0] else (usable_cores(), False)
         _POOL_SETTINGS = (workers, low)
         _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-zstd",
                                    initializer=lower_thread_priority if low else None)

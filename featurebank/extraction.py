@@ -94,12 +94,15 @@ class ExtractionPlan:
     input_size: tuple[int, int]
     scan: ScanResult  # after --exclude and --balanced
     splits: SplitOf  # sha256 → split name, drawn when first asked for
-    classes: list[str]
     state: StoredState
     skipped: list[Skipped]
     index_attrs: dict
     inputs_digest: str  # of the scan's rows and the settings: what the index is written from
     up_to_date: bool  # the index was written from these inputs and every image has features
+
+    @property
+    def classes(self) -> list[str]:
+        return self.scan.classes
 
     @property
     def todo(self) -> list[Sample]:
@@ -159,8 +162,7 @@ def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, inp
     state = StoredState() if up_to_date else feature_store.stored_state(warn, verify=verify)
     if state.index_split_settings == (split_seed, [float(v) for v in split_fractions]):
         splits.update(state.index_splits)  # drawn before with the same settings: not drawn again
-    return ExtractionPlan(feature_store, spec, size, scan, splits, scan.classes, state, skipped, index_attrs,
-                          digest, up_to_date)
+    return ExtractionPlan(feature_store, spec, size, scan, splits, state, skipped, index_attrs, digest, up_to_date)
 
 
 def _subset(scan: ScanResult, keep: Sequence[bool]) -> ScanResult:

@@ -83,8 +83,10 @@ def lower_thread_priority() -> None:
 
 
 def default_decode_workers() -> int:
-    """Decoding threads: one per core (Pillow releases the GIL), leaving one core to the backbone."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    """Decoding threads: one per usable core (Pillow releases the GIL), less one (featurebank/sizing.py)."""
+    from featurebank.sizing import usable_cores
+
+    return max(1, usable_cores() - 1)
 
 
 def decode_failure(exc: Exception) -> str:

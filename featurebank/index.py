@@ -287,14 +287,3 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def find_indexes(cache_dir: str | os.PathLike) -> list[Path]:
-    """Index paths of the caches in a folder: every index file, and every shard folder not yet indexed."""
-    folder = Path(cache_dir).expanduser()
-    if not folder.is_dir():
-        return []
-    found = {p for p in folder.glob("*.h5") if not p.name.startswith(".")}
-    found |= {p.with_suffix(".h5") for p in folder.glob("*.shards") if (p / "manifest.json").is_file()
-              and shard_names(p)}
-    return sorted(found)

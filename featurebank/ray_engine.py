@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.sizing import CPU_BATCH, GPU_BATCH
 from featurebank.cache import POOLED
 from featurebank.errors import CacheError, FeaturebankError
 from featurebank.scan import Skipped
+from featurebank.sizing import CPU_BATCH, GPU_BATCH
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install -e '.[ray]' (or pip install 'ray[data]')"
 

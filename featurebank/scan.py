@@ -11,8 +11,8 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from itertools import repeat
+from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -156,7 +156,6 @@ class HashMemo:
         self.stats = np.zeros((0, 3), np.int64)  # size, mtime_ns, inode per entry
         self.sha256: list[str] = []
         self.formats: list[str] = []
-        self.changed = True  # until a lookup finds every file as the memo on disk has it
         if path is not None and enabled and path.is_file():
             try:
                 with np.load(path) as memo:
@@ -172,11 +171,10 @@ class HashMemo:
     def lookup(self, relpaths: list[str], stats: np.ndarray) -> list[tuple[str, str] | None] | None:
         """(sha256, format) for each file whose (size, mtime_ns, inode) row of ``stats`` the memo holds, else None.
 
-        Returns None (and sets ``changed`` false) when every file is in the memo, in the memo's order:
-        then ``sha256`` and ``formats`` are the scan's columns as they are.
+        Returns None when every file is in the memo, in the memo's order: then ``sha256`` and
+        ``formats`` are the scan's columns as they are, and the memo on disk needs no rewrite.
         """
         if relpaths == self.relpaths and np.array_equal(stats, self.stats):  # nothing changed: compared in C
-            self.changed = False
             return None
         where = dict(zip(self.relpaths, range(len(self.relpaths))))
         position = np.fromiter((where.get(r, -1) for r in relpaths), np.int64, len(relpaths))
@@ -186,15 +184,14 @@ class HashMemo:
 
     def save(self, relpaths: list[str], stats: np.ndarray, found: list) -> None:
         """Replace the memo with this scan's images (write, fsync, rename); failures only cost speed later."""
-        if self.path is None or not self.changed:
-            return  # the memo on disk already says all of this
+        if self.path is None:
+            return
         from featurebank.cache import write_atomically
 
         usable = np.array([f.__class__ is not Skipped for f in found], bool).reshape(-1)
         rows = np.flatnonzero(usable & (stats[:, 1] < self.started_ns - self.RACY_NS)).tolist()
         buffer = io.BytesIO()
-        np.savez(buffer, count=np.int64(len(rows)),
-                 relpaths=_joined_text(relpaths[i] for i in rows),
+        np.savez(buffer, relpaths=_joined_text(relpaths[i] for i in rows),
                  size=stats[rows, 0], mtime_ns=stats[rows, 1], inode=stats[rows, 2].astype(np.uint64),
                  sha256=_joined_text(found[i][0] for i in rows), format=_joined_text(found[i][1] for i in rows))
         with contextlib.suppress(OSError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from classifiers.base import ClassifierBase
@@ -46,18 +48,21 @@ def fit_keras_model(estimator, model, X, y_encoded, validation_data, *, optimize
     # Up to STEPS_PER_EXECUTION training steps per call into the backend: the same updates in the same order
     # (identical results, tested), far fewer host round-trips for heads whose steps take microseconds.
     model.compile(optimizer=make_optimizer(optimizer, learning_rate, schedule=lr_schedule,
-                                           total_steps=epochs * len(train)),
+                                           total_steps=epochs * math.ceil(len(y_encoded) / batch_size)),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=STEPS_PER_EXECUTION)
-    callbacks, validation = [], None
+    callbacks, validation = list(train.callbacks), None
     if validation_data is not None:
         X_val, y_val = validation_data
-        validation = make_batches(X_val, estimator._encode_more(y_val), batch_size=batch_size, shuffle=False, seed=seed)
+        validation = make_batches(X_val, estimator._encode_more(y_val), batch_size=batch_size, shuffle=False,
+                                  seed=seed).data
         callbacks.append(early_stopping(patience=patience, start_from_epoch=start_from_epoch))
-    history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    # shuffle=False: make_batches already orders each epoch (by seed and epoch); Keras must not reorder batches.
+    history = model.fit(train.data, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)
     estimator.model_ = model
     estimator.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
-    stopper = callbacks[0] if callbacks else None
+    stopper = callbacks[-1] if validation_data is not None else None
     restored = stopper is not None and stopper.best_weights is not None
     estimator.best_epoch_ = stopper.best_epoch + 1 if restored else len(estimator.history_["loss"])
     return estimator

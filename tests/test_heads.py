@@ -138,3 +138,33 @@ def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache):
         np.testing.assert_array_equal(lazy.X.read_rows(positions), expected[positions])
         np.testing.assert_array_equal(np.asarray(lazy.X.subset(positions)), expected[positions])
     lazy.X.close()
+
+
+def test_graph_and_python_feeds_give_the_same_batches_each_epoch(monkeypatch):
+    """Arrays in memory are batched inside TensorFlow, views in Python: same rows, same order, per epoch."""
+    import keras
+
+    import classifiers.batches as batches
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the graph feed is TensorFlow's")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 3)).astype(np.float32), rng.integers(0, 4, 50)
+    graph = batches.make_batches(X, y, batch_size=8, shuffle=True, seed=4)
+    monkeypatch.setattr(batches, "GRAPH_FEED_MAX_BYTES", 0)
+    python = batches.make_batches(X, y, batch_size=8, shuffle=True, seed=4)
+    assert not isinstance(graph.data, keras.utils.PyDataset) and isinstance(python.data, keras.utils.PyDataset)
+    seen = []
+    for epoch in (0, 3):
+        for feed in (graph, python):
+            feed.callbacks[0].on_epoch_begin(epoch)
+        from_graph = [(np.asarray(a), np.asarray(b)) for a, b in graph.data]
+        from_python = [python.data[i] for i in range(len(python.data))]
+        assert len(from_graph) == len(from_python) == 7
+        for (xg, yg), (xp, yp) in zip(from_graph, from_python):
+            np.testing.assert_array_equal(xg, xp)
+            np.testing.assert_array_equal(yg, yp)
+        rows = np.concatenate([xg for xg, _ in from_graph])
+        assert sorted(map(tuple, rows)) == sorted(map(tuple, X))  # each row once per epoch
+        seen.append(rows)
+    assert not np.array_equal(seen[0], seen[1])  # a new order each epoch

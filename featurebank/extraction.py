@@ -23,7 +23,7 @@ from featurebank.claims import WorkClaims, bucket_of
 from featurebank.embed import AUGMENTS, Embedder, embed_files
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import lower_thread_priority
-from featurebank.index import FeatureStore, StoredState, inputs_digest
+from featurebank.index import FeatureStore, IndexRows, StoredState, inputs_digest
 from featurebank.scan import Sample, ScanResult, Skipped, scan_folder
 from featurebank.sizing import EngineSizes, choose_sizes
 from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
@@ -119,7 +119,7 @@ class ExtractionPlan:
         scan = self.scan
         if self.up_to_date and not wrote:
             return len(scan.sha256s)
-        rows = list(zip(scan.relpaths, scan.labels, scan.sha256s, map(self.splits.__getitem__, scan.sha256s)))
+        rows = IndexRows(scan.relpaths, scan.labels, scan.sha256s, list(map(self.splits.__getitem__, scan.sha256s)))
         return self.store.consolidate(rows, classes=self.classes, warn=warn, state=self.state,
                                       attrs={**self.index_attrs, "skipped": [k.as_dict() for k in self.skipped],
                                              "inputs_digest": self.inputs_digest})

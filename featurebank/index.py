@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -50,6 +51,15 @@ class StoredState:
     index_digest: str | None = None  # content digest of the index read, to skip rewriting an unchanged one
     index_splits: dict[str, str] = field(default_factory=dict)  # sha256 → split of the index's rows
     index_split_settings: tuple = ()  # (seed, fractions) those splits were drawn with
+
+
+class IndexRows(NamedTuple):
+    """The scan's images as columns, in scan order: what an index is written from."""
+
+    relpaths: list[str]
+    labels: list[int]
+    sha256s: list[str]
+    splits: list[str]
 
 
 class FeatureStore:
@@ -185,14 +195,15 @@ class FeatureStore:
         return added
 
     # -- the index ---------------------------------------------------------------------------------------
-    def consolidate(self, rows: list[tuple[str, int, str, str]], *, classes: list[str], attrs: dict, warn=None,
+    def consolidate(self, rows: IndexRows, *, classes: list[str], attrs: dict, warn=None,
                     state: StoredState | None = None) -> int:
-        """Write the index for the scan's ``rows`` (relpath, label, sha256, split) that have features.
+        """Write the index for the scan's ``rows`` (columns: relpath, label, sha256, split) that have features.
 
         Runs under a lock, and first reads the shards committed since ``state`` (the writer's own
         and other writers'; all of what is stored when no state is given), so concurrent writers
         never lose each other's rows. Skips the write when nothing changed. Returns the number of
-        indexed rows.
+        indexed rows. Column-wise, one dictionary probe per row: this runs once per extraction over
+        the whole scan.
         """
         with _locked(self.cache_dir / f".{self.name}.lock"):
             if state is None:
@@ -202,31 +213,31 @@ class FeatureStore:
                 state.index_digest = self._index_digest()  # another writer may have rewritten it since
             names = sorted(state.shards)
             number = {name: i for i, name in enumerate(names)}
-            kept = [r for r in rows if r[2] in state.rows]
-            where = [state.rows[r[2]] for r in kept]
+            where = list(map(state.rows.get, rows.sha256s))
+            if None in where:  # images without features (they failed to decode) are not indexed
+                keep = [i for i, w in enumerate(where) if w is not None]
+                rows = IndexRows(*([column[i] for i in keep] for column in rows))
+                where = [where[i] for i in keep]
             stored_where = list(state.rows.values())
             stored_sha256 = np.array(list(state.rows), dtype="S64")
             order = np.argsort(stored_sha256, kind="stable")  # by hash, whatever order the shards were read in
-            paths, labels, sha256s, splits = zip(*kept) if kept else ((), (), (), ())
             columns = {
-                "paths": np.array(paths, dtype=object),
-                "labels": np.array(labels, dtype=np.int64),
-                "sha256": np.array(sha256s, dtype="S64"),
-                "split": np.array(splits, dtype="S5"),
-                "shard": np.array([number[s] for s, _ in where], dtype=np.int32),
-                "row": np.array([r for _, r in where], dtype=np.int64),
+                "paths": np.array(rows.relpaths, dtype=object),
+                "labels": np.array(rows.labels, dtype=np.int64),
+                "sha256": np.array(rows.sha256s, dtype="S64"),
+                "split": np.array(rows.splits, dtype="S5"),
+                **_where_columns("", where, number),
                 "shards": np.array(names, dtype=object),
                 "shard_bytes": np.array([state.shards[n][0] for n in names], dtype=np.int64),
                 "shard_mtime_ns": np.array([state.shards[n][1] for n in names], dtype=np.int64),
                 "stored_sha256": stored_sha256[order],
-                "stored_shard": np.array([number[s] for s, _ in stored_where], dtype=np.int32).reshape(-1)[order],
-                "stored_row": np.array([r for _, r in stored_where], dtype=np.int64).reshape(-1)[order],
+                **{name: values[order] for name, values in _where_columns("stored_", stored_where, number).items()},
             }
             described = {**attrs, "classes": json.dumps(classes), "manifest": json.dumps(self.manifest, sort_keys=True),
                          "feature_shape": self._feature_shape(names)}
             digest = _content_digest(columns, described)
             if state.index_digest == digest:
-                return len(kept)  # the index already says exactly this
+                return len(where)  # the index already says exactly this
             with atomic_h5(self.index_path) as fh:
                 for name, values in columns.items():
                     fh.create_dataset(name, data=values, dtype=STR_DTYPE if values.dtype == object else values.dtype)
@@ -241,7 +252,7 @@ class FeatureStore:
                     fh.attrs[name] = self.manifest[name]
                 fh.attrs["input_size"] = self.manifest["input_size"]
                 fh.attrs["store"] = self.manifest.get("store", "maps")
-            return len(kept)
+            return len(where)
 
 
     def _index_digest(self) -> str | None:
@@ -259,6 +270,13 @@ class FeatureStore:
             with contextlib.suppress(ShardDamaged, CacheError), open_shard(self.shard_dir / name) as fh:
                 return [int(v) for v in fh.attrs.get("feature_shape", fh["features"].shape[1:] if "features" in fh else ())]
         return []
+
+
+def _where_columns(prefix: str, where: list[tuple[str, int]], number: dict[str, int]) -> dict[str, np.ndarray]:
+    """The ``shard`` (number into the index's shard list) and ``row`` columns of (shard name, row) pairs."""
+    shard_names_, shard_rows = zip(*where) if where else ((), ())
+    return {f"{prefix}shard": np.array(list(map(number.__getitem__, shard_names_)), dtype=np.int32),
+            f"{prefix}row": np.array(shard_rows, dtype=np.int64)}
 
 
 def inputs_digest(relpaths: list[str], labels: list[int], sha256s: list[str], attrs: dict) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import hashlib
 import io
+import itertools
 import operator
 import os
 import stat
@@ -168,8 +169,9 @@ class HashMemo:
             except (OSError, ValueError, KeyError, UnicodeDecodeError):
                 pass  # an unreadable or older memo only costs a full re-hash
 
-    def lookup(self, relpaths: list[str], stats: np.ndarray) -> list[tuple[str, str] | None] | None:
-        """(sha256, format) for each file whose (size, mtime_ns, inode) row of ``stats`` the memo holds, else None.
+    def lookup(self, relpaths: list[str], stats: np.ndarray) -> tuple[list[str], list[str], np.ndarray] | None:
+        """The memo's (sha256s, formats, known) columns for the scan's files; ``known[i]`` says whether file i's
+        (size, mtime_ns, inode) row of ``stats`` matches the memo (its sha256 and format are meaningful only then).
 
         Returns None when every file is in the memo, in the memo's order: then ``sha256`` and
         ``formats`` are the scan's columns as they are, and the memo on disk needs no rewrite.
@@ -177,23 +179,34 @@ class HashMemo:
         if relpaths == self.relpaths and np.array_equal(stats, self.stats):  # nothing changed: compared in C
             return None
         where = dict(zip(self.relpaths, range(len(self.relpaths))))
-        position = np.fromiter((where.get(r, -1) for r in relpaths), np.int64, len(relpaths))
+        position = np.fromiter(map(where.get, relpaths, itertools.repeat(-1)), np.int64, len(relpaths))
         known = (position >= 0) & (self.stats[position].reshape(-1, 3) == stats).all(axis=1) if len(self.stats) \
             else np.zeros(len(relpaths), bool)
-        return [(self.sha256[i], self.formats[i]) if k else None for i, k in zip(position.tolist(), known.tolist())]
+        picked = position.clip(0).tolist()
+        if not self.relpaths:
+            return [""] * len(relpaths), [""] * len(relpaths), known
+        return list(map(self.sha256.__getitem__, picked)), list(map(self.formats.__getitem__, picked)), known
 
-    def save(self, relpaths: list[str], stats: np.ndarray, found: list) -> None:
-        """Replace the memo with this scan's images (write, fsync, rename); failures only cost speed later."""
+    def save(self, relpaths: list[str], stats: np.ndarray, sha256s: list[str], formats: list[str],
+             usable: np.ndarray) -> None:
+        """Replace the memo with this scan's ``usable`` images (write, fsync, rename); failures only cost speed later."""
         if self.path is None:
             return
         from featurebank.cache import write_atomically
 
-        usable = np.array([f.__class__ is not Skipped for f in found], bool).reshape(-1)
-        rows = np.flatnonzero(usable & (stats[:, 1] < self.started_ns - self.RACY_NS)).tolist()
+        keep = usable & (stats[:, 1] < self.started_ns - self.RACY_NS)
+        if keep.all():
+            def pick(column):
+                return column
+        else:
+            rows = np.flatnonzero(keep).tolist()
+
+            def pick(column):
+                return [column[i] for i in rows]
         buffer = io.BytesIO()
-        np.savez(buffer, relpaths=_joined_text(relpaths[i] for i in rows),
-                 size=stats[rows, 0], mtime_ns=stats[rows, 1], inode=stats[rows, 2].astype(np.uint64),
-                 sha256=_joined_text(found[i][0] for i in rows), format=_joined_text(found[i][1] for i in rows))
+        np.savez(buffer, relpaths=_joined_text(pick(relpaths)), size=stats[keep, 0], mtime_ns=stats[keep, 1],
+                 inode=stats[keep, 2].astype(np.uint64), sha256=_joined_text(pick(sha256s)),
+                 format=_joined_text(pick(formats)))
         with contextlib.suppress(OSError):
             write_atomically(self.path, buffer.getvalue())
 
@@ -329,6 +342,22 @@ def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
     if found is None:  # every file as the memo has it: its columns are the scan's
         result.sha256s, result.formats = list(memo.sha256), list(memo.formats)
         return result
+    sha256s, formats, known = found
+    usable = np.ones(len(relpaths), bool)
+    for i in np.flatnonzero(~known).tolist():  # new or changed files: read and hash them
+        inspected = inspect_file(Path(top, relpaths[i]), infos[i])
+        if inspected.__class__ is Skipped:
+            result.skipped.append(inspected)
+            usable[i] = False
+        else:
+            sha256s[i], formats[i] = inspected
+    memo.save(relpaths, stats, sha256s, formats, usable)
+    if not usable.all():
+        kept = np.flatnonzero(usable).tolist()
+        relpaths, labels, sha256s, formats = ([column[i] for i in kept] for column in (relpaths, labels, sha256s, formats))
+    result.relpaths, result.labels = relpaths, labels
+    result.sha256s, result.formats = sha256s, formats
+    return result
     for i in [i for i, f in enumerate(found) if f is None]:  # new or changed files: read and hash them
         found[i] = inspect_file(Path(top, relpaths[i]), infos[i])
     memo.save(relpaths, stats, found)

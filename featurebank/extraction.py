@@ -17,16 +17,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from featurebank.backbones import Backbone, get_backbone, weights_identity
 from featurebank.cache import DTYPES, STORES, configure_compression, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
 from featurebank.embed import AUGMENTS, Embedder, embed_files
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import lower_thread_priority
-from featurebank.index import FeatureStore, IndexRows, StoredState, inputs_digest
+from featurebank.index import FeatureStore, IndexRows, inputs_digest
 from featurebank.scan import Sample, ScanResult, Skipped, scan_folder
 from featurebank.sizing import EngineSizes, choose_sizes
 from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
+from featurebank.stored_state import StoredState
 
 ENGINES = ("local", "ray")
 
@@ -108,9 +111,10 @@ class ExtractionPlan:
     def todo(self) -> list[Sample]:
         if self.up_to_date:
             return []
-        rows, scan, todo = self.state.rows, self.scan, {}
-        for i, digest in enumerate(scan.sha256s):
-            if digest not in rows and digest not in todo:
+        scan, todo = self.scan, {}
+        for i in np.flatnonzero(~self.state.stored_mask(scan.sha256s)).tolist():
+            digest = scan.sha256s[i]
+            if digest not in todo:
                 todo[digest] = Sample(str(scan.root), scan.relpaths[i], scan.labels[i], digest, scan.formats[i])
         return list(todo.values())
 
@@ -161,7 +165,7 @@ def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, inp
     up_to_date = not verify and feature_store.index_is_current(digest, len(scan.sha256s))
     state = StoredState() if up_to_date else feature_store.stored_state(warn, verify=verify)
     if state.index_split_settings == (split_seed, [float(v) for v in split_fractions]):
-        splits.update(state.index_splits)  # drawn before with the same settings: not drawn again
+        splits.know(state.index_sha256, state.index_split)  # drawn before with the same settings: not drawn again
     return ExtractionPlan(feature_store, spec, size, scan, splits, state, skipped, index_attrs, digest, up_to_date)
 
 
@@ -295,7 +299,7 @@ def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureSto
             if stamp != seen[0]:
                 seen[0] = stamp
                 store.refresh(state, warn)
-            yield from (s for s in buckets[bucket] if s.sha256 not in state.rows)
+            yield from (s for s in buckets[bucket] if s.sha256 not in state)
 
     while pending:
         waiting: list[str] = []
@@ -304,7 +308,7 @@ def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureSto
             time.sleep(poll_seconds)
             seen[0] = _folder_stamp(store.shard_dir)  # before reading: a shard committed meanwhile changes it
             store.refresh(state, warn)
-        pending = [b for b in waiting if any(s.sha256 not in state.rows for s in buckets[b])]
+        pending = [b for b in waiting if any(s.sha256 not in state for s in buckets[b])]
 
 
 class LazyEmbedder:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,17 +39,7 @@ from featurebank.cache import (
 )
 from featurebank.errors import CacheError
 from featurebank.index_view import INDEX_FORMAT, read_base, shard_files, shard_names
-
-
-@dataclass
-class StoredState:
-    """What a writer needs: every stored image's (shard, row), and the shards it has checked."""
-
-    rows: dict[str, tuple[str, int]] = field(default_factory=dict)
-    shards: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (bytes, mtime_ns)
-    index_digest: str | None = None  # content digest of the index read, to skip rewriting an unchanged one
-    index_splits: dict[str, str] = field(default_factory=dict)  # sha256 → split of the index's rows
-    index_split_settings: tuple = ()  # (seed, fractions) those splits were drawn with
+from featurebank.stored_state import StoredState, sha256_column
 
 
 class IndexRows(NamedTuple):
@@ -118,19 +107,13 @@ class FeatureStore:
                 state.index_digest = base.attrs.get("content_digest")
                 names = list(base["shards"].asstr()[...])
                 recorded = dict(zip(names, zip(base["shard_bytes"][...].tolist(), base["shard_mtime_ns"][...].tolist())))
-                digests = base["stored_sha256"][...].astype("U64")
-                shard_of, rows = base["stored_shard"][...], base["stored_row"][...]
-                state.index_splits = dict(zip(base["sha256"][...].astype("U64").tolist(), base["split"].asstr()[...].tolist()))
+                stored = (base["stored_sha256"][...], base["stored_shard"][...], base["stored_row"][...])
+                state.index_sha256, state.index_split = base["sha256"][...], base["split"][...]
                 state.index_split_settings = (int(base.attrs.get("split_seed", -1)),
                                               [float(v) for v in base.attrs.get("split_fractions", [])])
-            intact = {name for name in names if name in on_disk and not verify
-                      and (on_disk[name].st_size, on_disk[name].st_mtime_ns) == recorded[name]}
-            if len(intact) == len(names):  # the common case: stored digests are unique, one dict build
-                state.rows = dict(zip(digests.tolist(), zip(map(names.__getitem__, shard_of.tolist()), rows.tolist())))
-            else:
-                for digest, shard, row in zip(digests.tolist(), shard_of.tolist(), rows.tolist()):
-                    if names[shard] in intact:
-                        state.rows.setdefault(digest, (names[shard], row))
+            intact = [name for name in names if name in on_disk and not verify
+                      and (on_disk[name].st_size, on_disk[name].st_mtime_ns) == recorded[name]]
+            state.set_indexed(*stored, names, intact)
             state.shards = {name: recorded[name] for name in intact}
         self.refresh(state, warn)
         return state
@@ -165,9 +148,7 @@ class FeatureStore:
         added = []
         names = shard_names(self.shard_dir)
         if forget_missing and (gone := state.shards.keys() - set(names)):
-            for name in gone:
-                del state.shards[name]
-            state.rows = {digest: where for digest, where in state.rows.items() if where[0] not in gone}
+            state.forget_shards(gone)
         for name in sorted(names):
             if name in state.shards:
                 continue
@@ -188,9 +169,7 @@ class FeatureStore:
                 if warn:
                     warn(f"{path}: unreadable shard moved aside ({exc}); its images will be recomputed")
                 continue
-            for row, digest in enumerate(digests):
-                state.rows.setdefault(digest, (name, row))
-            state.shards[name] = (info.st_size, info.st_mtime_ns)
+            state.add_shard(name, digests, (info.st_size, info.st_mtime_ns))
             added.append(name)
         return added
 
@@ -202,8 +181,7 @@ class FeatureStore:
         Runs under a lock, and first reads the shards committed since ``state`` (the writer's own
         and other writers'; all of what is stored when no state is given), so concurrent writers
         never lose each other's rows. Skips the write when nothing changed. Returns the number of
-        indexed rows. Column-wise, one dictionary probe per row: this runs once per extraction over
-        the whole scan.
+        indexed rows. Column-wise (see stored_state.py): this runs once per extraction over the whole scan.
         """
         with _locked(self.cache_dir / f".{self.name}.lock"):
             if state is None:
@@ -213,31 +191,31 @@ class FeatureStore:
                 state.index_digest = self._index_digest()  # another writer may have rewritten it since
             names = sorted(state.shards)
             number = {name: i for i, name in enumerate(names)}
-            where = list(map(state.rows.get, rows.sha256s))
-            if None in where:  # images without features (they failed to decode) are not indexed
-                keep = [i for i, w in enumerate(where) if w is not None]
+            found, shard, row = state.locate(rows.sha256s, number)
+            if not found.all():  # images without features (they failed to decode) are not indexed
+                keep = np.flatnonzero(found).tolist()
                 rows = IndexRows(*([column[i] for i in keep] for column in rows))
-                where = [where[i] for i in keep]
-            stored_where = list(state.rows.values())
-            stored_sha256 = np.array(list(state.rows), dtype="S64")
-            order = np.argsort(stored_sha256, kind="stable")  # by hash, whatever order the shards were read in
+                shard, row = shard[found], row[found]
+            stored_sha256, stored_shard, stored_row = state.all_rows(number)
             columns = {
                 "paths": np.array(rows.relpaths, dtype=object),
                 "labels": np.array(rows.labels, dtype=np.int64),
-                "sha256": np.array(rows.sha256s, dtype="S64"),
+                "sha256": sha256_column(rows.sha256s),
                 "split": np.array(rows.splits, dtype="S5"),
-                **_where_columns("", where, number),
+                "shard": shard,
+                "row": row,
                 "shards": np.array(names, dtype=object),
                 "shard_bytes": np.array([state.shards[n][0] for n in names], dtype=np.int64),
                 "shard_mtime_ns": np.array([state.shards[n][1] for n in names], dtype=np.int64),
-                "stored_sha256": stored_sha256[order],
-                **{name: values[order] for name, values in _where_columns("stored_", stored_where, number).items()},
+                "stored_sha256": stored_sha256,  # by hash, whatever order the shards were read in
+                "stored_shard": stored_shard,
+                "stored_row": stored_row,
             }
             described = {**attrs, "classes": json.dumps(classes), "manifest": json.dumps(self.manifest, sort_keys=True),
                          "feature_shape": self._feature_shape(names)}
             digest = _content_digest(columns, described)
             if state.index_digest == digest:
-                return len(where)  # the index already says exactly this
+                return len(row)  # the index already says exactly this
             with atomic_h5(self.index_path) as fh:
                 for name, values in columns.items():
                     fh.create_dataset(name, data=values, dtype=STR_DTYPE if values.dtype == object else values.dtype)
@@ -252,7 +230,7 @@ class FeatureStore:
                     fh.attrs[name] = self.manifest[name]
                 fh.attrs["input_size"] = self.manifest["input_size"]
                 fh.attrs["store"] = self.manifest.get("store", "maps")
-            return len(where)
+            return len(row)
 
 
     def _index_digest(self) -> str | None:
@@ -270,13 +248,6 @@ class FeatureStore:
             with contextlib.suppress(ShardDamaged, CacheError), open_shard(self.shard_dir / name) as fh:
                 return [int(v) for v in fh.attrs.get("feature_shape", fh["features"].shape[1:] if "features" in fh else ())]
         return []
-
-
-def _where_columns(prefix: str, where: list[tuple[str, int]], number: dict[str, int]) -> dict[str, np.ndarray]:
-    """The ``shard`` (number into the index's shard list) and ``row`` columns of (shard name, row) pairs."""
-    shard_names_, shard_rows = zip(*where) if where else ((), ())
-    return {f"{prefix}shard": np.array(list(map(number.__getitem__, shard_names_)), dtype=np.int32),
-            f"{prefix}row": np.array(shard_rows, dtype=np.int64)}
 
 
 def inputs_digest(relpaths: list[str], labels: list[int], sha256s: list[str], attrs: dict) -> str:

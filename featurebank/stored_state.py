@@ -1,0 +1,122 @@
+"""What a writer knows is stored: each image's (shard, row), and the shards it has checked.
+
+The rows the index lists stay as the index keeps them, numpy columns sorted by content hash: the
+next index is written from them without a Python object per stored image, and lookups go through
+one dictionary of positions (digest → int), built when first asked. (numpy's searchsorted over
+64-byte digests was tried: slower than the dictionary at 80,000 rows.) Rows of shards read since
+(this writer's and other writers' commits) are few and go in a dictionary of their own.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+SHA256_DTYPE = "S64"  # hex digests as fixed-width bytes: what the index stores and searchsorted compares
+
+
+def sha256_column(sha256s: Sequence[str]) -> np.ndarray:
+    """Hex digests as a fixed-width bytes column."""
+    return np.array(sha256s, dtype=SHA256_DTYPE).reshape(-1)
+
+
+class StoredState:
+    """Where every stored image is; first in wins when an image is stored twice (indexed rows first)."""
+
+    def __init__(self):
+        self.indexed_sha256 = np.zeros(0, SHA256_DTYPE)  # sorted
+        self.indexed_shard = np.zeros(0, np.int32)  # numbers into indexed_names
+        self.indexed_row = np.zeros(0, np.int64)
+        self.indexed_names: list[str] = []
+        self._position: dict[str, int] | None = None  # digest → position in the indexed columns, when asked
+        self.rows: dict[str, tuple[str, int]] = {}  # rows of shards read directly, never also indexed
+        self.shards: dict[str, tuple[int, int]] = {}  # checked shards: name → (bytes, mtime_ns)
+        self.index_digest: str | None = None  # content digest of the index read, to skip rewriting an unchanged one
+        self.index_sha256 = np.zeros(0, SHA256_DTYPE)  # the index's rows (scan order) and their splits
+        self.index_split = np.zeros(0, "S5")
+        self.index_split_settings: tuple = ()  # (seed, fractions) those splits were drawn with
+
+    def set_indexed(self, sha256: np.ndarray, shard: np.ndarray, row: np.ndarray, names: list[str],
+                    keep_shards: Iterable[str]) -> None:
+        """The index's stored rows (sorted by ``sha256``), keeping those of the shards in ``keep_shards``."""
+        if len(sha256) > 1 and not (sha256[:-1] <= sha256[1:]).all():  # written sorted; checked, not trusted
+            order = np.argsort(sha256, kind="stable")
+            sha256, shard, row = sha256[order], shard[order], row[order]
+        keep_shards = set(keep_shards)
+        if len(keep_shards) < len(names):
+            kept = np.isin(shard, [i for i, name in enumerate(names) if name in keep_shards])
+            sha256, shard, row = sha256[kept], shard[kept], row[kept]
+        self.indexed_sha256, self.indexed_shard, self.indexed_row = sha256, shard.astype(np.int32), row
+        self.indexed_names = list(names)
+        self._position = None
+
+    def _positions(self) -> dict[str, int]:
+        """digest → position in the indexed columns (built on first use)."""
+        if self._position is None:
+            self._position = dict(zip(self.indexed_sha256.astype("U64").tolist(), range(len(self.indexed_sha256))))
+        return self._position
+
+    def _indexed_positions(self, sha256s: Sequence[str]) -> np.ndarray:
+        """Position of each digest in the indexed columns, or -1."""
+        return np.fromiter(map(self._positions().get, sha256s, itertools.repeat(-1)), np.int64, len(sha256s))
+
+    def stored_mask(self, sha256s: Sequence[str]) -> np.ndarray:
+        """Whether each image is stored."""
+        stored = self._indexed_positions(sha256s) >= 0
+        if self.rows:
+            stored |= np.fromiter(map(self.rows.__contains__, sha256s), bool, len(sha256s))
+        return stored
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self.rows or sha256 in self._positions()
+
+    def add_shard(self, name: str, sha256s: list[str], info: tuple[int, int]) -> None:
+        """A shard read directly: its images not stored yet are now found there."""
+        for row in np.flatnonzero(~self.stored_mask(sha256s)).tolist():
+            self.rows.setdefault(sha256s[row], (name, row))
+        self.shards[name] = info
+
+    def forget_shards(self, gone: set[str]) -> None:
+        """Shards moved aside or deleted: their rows are not stored any more."""
+        for name in gone:
+            self.shards.pop(name, None)
+        self.rows = {digest: where for digest, where in self.rows.items() if where[0] not in gone}
+        if any(name in gone for name in self.indexed_names):
+            self.set_indexed(self.indexed_sha256, self.indexed_shard, self.indexed_row, self.indexed_names,
+                             [name for name in self.indexed_names if name not in gone])
+
+    def _renumber(self, number: dict[str, int]) -> np.ndarray:
+        return np.array([number.get(name, -1) for name in self.indexed_names] or [-1], np.int32)
+
+    def locate(self, sha256s: Sequence[str], number: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found, shard, row) columns for ``sha256s``; shards numbered by ``number`` (name → number)."""
+        positions = self._indexed_positions(sha256s)
+        found = positions >= 0
+        shard = np.where(found, self._renumber(number)[self.indexed_shard[positions]] if len(self.indexed_shard)
+                         else -1, -1).astype(np.int32)
+        row = np.where(found, self.indexed_row[positions] if len(self.indexed_row) else -1, -1).astype(np.int64)
+        if self.rows:
+            for i in np.flatnonzero(~found).tolist():
+                where = self.rows.get(sha256s[i])
+                if where is not None:
+                    found[i], shard[i], row[i] = True, number[where[0]], where[1]
+        return found, shard, row
+
+    def all_rows(self, number: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored image as (sha256, shard, row) columns sorted by sha256; shards numbered by ``number``."""
+        sha256 = self.indexed_sha256
+        shard = self._renumber(number)[self.indexed_shard] if len(self.indexed_shard) else np.zeros(0, np.int32)
+        row = self.indexed_row
+        if self.rows:
+            where = list(self.rows.values())
+            sha256 = np.concatenate([sha256, sha256_column(list(self.rows))])
+            shard = np.concatenate([shard, np.array([number[name] for name, _ in where], np.int32)])
+            row = np.concatenate([row, np.array([r for _, r in where], np.int64)])
+            order = np.argsort(sha256, kind="stable")
+            sha256, shard, row = sha256[order], shard[order], row[order]
+        return sha256, shard.astype(np.int32), row.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indexed_sha256) + len(self.rows)

@@ -188,3 +188,31 @@ def test_noop_run_opens_no_shard_and_keeps_the_index_but_a_move_rewrites_it(tmp_
     assert "glass/glass0.jpg" not in fb.paths
     assert featurebank.extract(data, **options, split_seed=1).images == 12  # other splits: index rewritten
     assert featurebank.load(cache=cache).split.tolist() != fb.split.tolist()
+
+
+def test_claims_are_hard_links_to_the_lease_and_void_once_their_writer_is_gone(tmp_path, monkeypatch):
+    import os
+
+    from featurebank.claims import WorkClaims
+
+    first, second = WorkClaims(tmp_path).__enter__(), WorkClaims(tmp_path).__enter__()
+    claim = tmp_path / "claims" / "ab"
+    assert first.claim("ab") and claim.stat().st_ino == first.lease.stat().st_ino
+    assert claim.read_text().strip() == first.lease.name
+    assert not second.claim("ab")  # its owner's lease is alive
+    first.lease.unlink()  # the owner is gone (crashed, its lease forgotten)
+    assert second.claim("ab") and claim.read_text().strip() == second.lease.name
+    first.__exit__(None, None, None)
+    assert claim.exists()  # a writer leaving never removes a claim another writer took over
+    second.__exit__(None, None, None)
+    assert not claim.exists() and not second.lease.exists()
+
+    def no_links(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links
+    with WorkClaims(tmp_path) as third:
+        assert third.claim("cd")
+        other = tmp_path / "claims" / "cd"
+        assert other.read_text() == third.lease.name and other.stat().st_ino != third.lease.stat().st_ino
+    assert not other.exists()

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-SHA256_DTYPE = "S64"  # hex digests as fixed-width bytes: what the index stores and searchsorted compares
+SHA256_DTYPE = "S64"  # hex digests as fixed-width bytes, as the index stores them
 
 
 def sha256_column(sha256s: Sequence[str]) -> np.ndarray:

@@ -338,14 +338,16 @@ def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
             labels += [label] * (len(relpaths) - before)
         stats = _stat_columns(infos)
         found = memo.lookup(relpaths, stats)
+        unknown = [] if found is None else np.flatnonzero(~found[2]).tolist()
+        infos = [infos[i] for i in unknown]  # the other stat results are freed while the collector still sleeps
     result.relpaths, result.labels = relpaths, labels
     if found is None:  # every file as the memo has it: its columns are the scan's
         result.sha256s, result.formats = list(memo.sha256), list(memo.formats)
         return result
-    sha256s, formats, known = found
+    sha256s, formats, _ = found
     usable = np.ones(len(relpaths), bool)
-    for i in np.flatnonzero(~known).tolist():  # new or changed files: read and hash them
-        inspected = inspect_file(Path(top, relpaths[i]), infos[i])
+    for i, info in zip(unknown, infos):  # new or changed files: read and hash them
+        inspected = inspect_file(Path(top, relpaths[i]), info)
         if inspected.__class__ is Skipped:
             result.skipped.append(inspected)
             usable[i] = False
@@ -357,14 +359,4 @@ def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
         relpaths, labels, sha256s, formats = ([column[i] for i in kept] for column in (relpaths, labels, sha256s, formats))
     result.relpaths, result.labels = relpaths, labels
     result.sha256s, result.formats = sha256s, formats
-    return result
-    for i in [i for i, f in enumerate(found) if f is None]:  # new or changed files: read and hash them
-        found[i] = inspect_file(Path(top, relpaths[i]), infos[i])
-    memo.save(relpaths, stats, found)
-    if any(f.__class__ is Skipped for f in found):
-        result.skipped += [f for f in found if f.__class__ is Skipped]
-        usable = [i for i, f in enumerate(found) if f.__class__ is not Skipped]
-        relpaths, labels, found = [relpaths[i] for i in usable], [labels[i] for i in usable], [found[i] for i in usable]
-    result.relpaths, result.labels = relpaths, labels
-    result.sha256s, result.formats = [f[0] for f in found], [f[1] for f in found]
     return result

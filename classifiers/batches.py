@@ -5,7 +5,7 @@ One order per epoch, ``epoch_order(n, seed, epoch)``, whichever way the batches 
 - inside TensorFlow's graph (``tf.data`` gathers the rows), for arrays in memory up to
   ``GRAPH_FEED_MAX_BYTES`` under the TensorFlow backend. Small heads take microseconds per step,
   and handing each batch over from Python (``PyDataset`` → ``tf.data.Dataset.from_generator``)
-  cost more than the step itself: a pooled head trained ~1.6× faster this way (BENCHMARKS.md);
+  cost more than the step itself: a pooled head trained about twice as fast this way (BENCHMARKS.md);
 - through a ``keras.utils.PyDataset`` otherwise: LazyFeatures views streamed from disk (memory:
   one batch), arrays too large to copy into TensorFlow, and the JAX and PyTorch backends (whose
   per-step overhead is small).

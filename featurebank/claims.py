@@ -5,8 +5,8 @@ every writer agrees on the buckets whatever it has seen of the cache. A writer's
 ``writers/<host>~<pid>~<run>``, which holds its own name and whose modification time a heartbeat
 thread refreshes. A writer claims a bucket by hard-linking ``claims/<bucket>`` to its lease:
 ``link()`` fails if the name exists, atomically, on local disks and over NFS (the classic NFS-safe
-lock), allocates no inode (measured: 256 claims in 0.6 ms, against 4–17 ms for 256 O_EXCL file
-creations, slowest in a crowded file system), and the claim names its owner from the first instant.
+lock), allocates no inode (``bench/claims.py``: 256 claims in 1.7 ms, against 4–6 ms for 256 O_EXCL
+file creations, more while shards are fsynced), and the claim names its owner from the first instant.
 Where a file system has no hard links, claims are created with O_EXCL and the lease's name written
 into them.
 

@@ -15,6 +15,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
+from featurebank.sizing import default_decode_workers
+
 # A 4000×3000 photo is 12 MP; allow large camera images but stop decompression bombs.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 T = TypeVar("T")
@@ -82,11 +84,6 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def default_decode_workers() -> int:
-    """Decoding threads: one per usable core (Pillow releases the GIL), less one (featurebank/sizing.py)."""
-    from featurebank.sizing import usable_cores
-
-    return max(1, usable_cores() - 1)
 
 
 def decode_failure(exc: Exception) -> str:

@@ -46,7 +46,7 @@ def photo_statistics(paths: list[Path], sha256s, *, cache_dir: Path | None = Non
     """(n, len(STATISTICS)) statistics and (n, 32·24) uint8 thumbnails; NaN statistics where a file is unreadable."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from featurebank.images import default_decode_workers
+    from featurebank.sizing import default_decode_workers
 
     size = THUMBNAIL_SIZE[0] * THUMBNAIL_SIZE[1]
     store = Path(cache_dir) / ".quality-stats.npz" if cache_dir else None

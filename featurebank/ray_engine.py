@@ -24,7 +24,7 @@ import numpy as np
 from featurebank.cache import POOLED
 from featurebank.errors import CacheError, FeaturebankError
 from featurebank.scan import Skipped
-from featurebank.sizing import CPU_BATCH, GPU_BATCH
+from featurebank.sizing import default_batch_size
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install -e '.[ray]' (or pip install 'ray[data]')"
 
@@ -190,7 +190,7 @@ def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: st
         cpus = int(resources.get("CPU", 1))
         actors = gpus if gpus else max(1, cpus // 2)
         actor_cpus = 0 if gpus else max(1, (cpus - 1) // actors)
-        batch_size = batch_size or (GPU_BATCH if gpus else CPU_BATCH)  # the local engine's choice, per actor
+        batch_size = batch_size or default_batch_size(bool(gpus))  # the local engine's choice, per actor
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         node_cpus = max(int(n.get("Resources", {}).get("CPU", 1)) for n in nodes)
         threads = max(1, node_cpus // max(1, math.ceil(actors / len(nodes))))

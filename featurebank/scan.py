@@ -6,7 +6,6 @@ import contextlib
 import gc
 import hashlib
 import io
-import itertools
 import operator
 import os
 import stat
@@ -179,7 +178,7 @@ class HashMemo:
         if relpaths == self.relpaths and np.array_equal(stats, self.stats):  # nothing changed: compared in C
             return None
         where = dict(zip(self.relpaths, range(len(self.relpaths))))
-        position = np.fromiter(map(where.get, relpaths, itertools.repeat(-1)), np.int64, len(relpaths))
+        position = np.fromiter(map(where.get, relpaths, repeat(-1)), np.int64, len(relpaths))
         known = (position >= 0) & (self.stats[position].reshape(-1, 3) == stats).all(axis=1) if len(self.stats) \
             else np.zeros(len(relpaths), bool)
         picked = position.clip(0).tolist()
@@ -195,14 +194,11 @@ class HashMemo:
         from featurebank.cache import write_atomically
 
         keep = usable & (stats[:, 1] < self.started_ns - self.RACY_NS)
-        if keep.all():
-            def pick(column):
-                return column
-        else:
-            rows = np.flatnonzero(keep).tolist()
+        rows = None if keep.all() else np.flatnonzero(keep).tolist()
 
-            def pick(column):
-                return [column[i] for i in rows]
+        def pick(column: list[str]) -> list[str]:
+            return column if rows is None else [column[i] for i in rows]
+
         buffer = io.BytesIO()
         np.savez(buffer, relpaths=_joined_text(pick(relpaths)), size=stats[keep, 0], mtime_ns=stats[keep, 1],
                  inode=stats[keep, 2].astype(np.uint64), sha256=_joined_text(pick(sha256s)),

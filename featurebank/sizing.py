@@ -39,6 +39,16 @@ class EngineSizes:
         return asdict(self)
 
 
+def default_batch_size(accelerated: bool) -> int:
+    return GPU_BATCH if accelerated else CPU_BATCH
+
+
+def default_decode_workers(cores: int | None = None) -> int:
+    """Decoding threads: every usable core but one (Pillow releases the GIL; the last core runs the
+    engine's Python and the writer)."""
+    return max(1, (cores or usable_cores()) - 1)
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, as containers and schedulers set it)."""
     try:
@@ -91,7 +101,7 @@ def choose_sizes(library: str, *, compression: str, batch_size: int | None = Non
     compressing = compression == "zstd"
     return EngineSizes(
         device=device, cores=cores,
-        batch_size=batch_size or (GPU_BATCH if on_gpu else CPU_BATCH),
-        decode_workers=decode_workers or max(1, cores - 1),
+        batch_size=batch_size or default_batch_size(on_gpu),
+        decode_workers=decode_workers or default_decode_workers(cores),
         compression_workers=compression_workers or (0 if not compressing else max(1, cores // 2) if on_gpu else cores),
     )

@@ -88,15 +88,16 @@ class StoredState:
                              [name for name in self.indexed_names if name not in gone])
 
     def _renumber(self, number: dict[str, int]) -> np.ndarray:
-        return np.array([number.get(name, -1) for name in self.indexed_names] or [-1], np.int32)
+        """Indexed shard numbers → ``number``'s numbering (-1 for shards it lacks)."""
+        return np.array([number.get(name, -1) for name in self.indexed_names], np.int32)
 
     def locate(self, sha256s: Sequence[str], number: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found, shard, row) columns for ``sha256s``; shards numbered by ``number`` (name → number)."""
         positions = self._indexed_positions(sha256s)
         found = positions >= 0
-        shard = np.where(found, self._renumber(number)[self.indexed_shard[positions]] if len(self.indexed_shard)
-                         else -1, -1).astype(np.int32)
-        row = np.where(found, self.indexed_row[positions] if len(self.indexed_row) else -1, -1).astype(np.int64)
+        hits = positions[found]
+        shard, row = np.full(len(positions), -1, np.int32), np.full(len(positions), -1, np.int64)
+        shard[found], row[found] = self._renumber(number)[self.indexed_shard[hits]], self.indexed_row[hits]
         if self.rows:
             for i in np.flatnonzero(~found).tolist():
                 where = self.rows.get(sha256s[i])
@@ -107,7 +108,7 @@ class StoredState:
     def all_rows(self, number: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every stored image as (sha256, shard, row) columns sorted by sha256; shards numbered by ``number``."""
         sha256 = self.indexed_sha256
-        shard = self._renumber(number)[self.indexed_shard] if len(self.indexed_shard) else np.zeros(0, np.int32)
+        shard = self._renumber(number)[self.indexed_shard]
         row = self.indexed_row
         if self.rows:
             where = list(self.rows.values())
@@ -117,6 +118,3 @@ class StoredState:
             order = np.argsort(sha256, kind="stable")
             sha256, shard, row = sha256[order], shard[order], row[order]
         return sha256, shard.astype(np.int32), row.astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indexed_sha256) + len(self.rows)

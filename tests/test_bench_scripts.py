@@ -22,3 +22,12 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
     assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given
+
+
+def test_claims_bench_runs_both_ways(tmp_path):
+    done = subprocess.run([sys.executable, "claims.py", "--folder", str(tmp_path), "--repeats", "1"],
+                          cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["buckets"] == 256 and all(ms > 0 for ms in figures["median_ms"].values())
+    assert list(tmp_path.iterdir()) == []  # every claim, lease and folder it made is gone

@@ -9,7 +9,7 @@ the cache's bookkeeping, not a network. Prints:
      stored, claims, shard commits and the index, each timed where it runs;
   3. a no-op `extract` over ``--noop-images`` cached files (median of 3) as a share of their first extraction;
   4. `featurebank.load()` (pooled vectors and the stored (1, 1, 8) maps) and `featurebank info` at full size;
-  5. adding 2,560 images to a cache of ``--grow-base`` images vs to an empty cache, from the CLI
+  5. adding 2,560 images to a cache of ``--grow-base`` images (each run from a copy of it) vs to an empty cache, from the CLI
      (three alternated runs each, medians; the files are past the hash memo's racy window).
 """
 
@@ -51,6 +51,18 @@ def make_images(root: Path, count: int, *, start: int = 0) -> None:
         folder = root / f"class{i % CLASSES}" / f"part{i // 1000:05d}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"img{i:07d}.png").write_bytes(buffer.getvalue())
+
+
+def remove_images(root: Path, count: int, *, start: int) -> None:
+    """Delete the files ``make_images(root, count, start=start)`` wrote."""
+    folders = set()
+    for i in range(start, start + count):
+        path = root / f"class{i % CLASSES}" / f"part{i // 1000:05d}" / f"img{i:07d}.png"
+        path.unlink()
+        folders.add(path.parent)
+    for folder in folders:
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def timed(owner, name: str, label: str) -> None:
@@ -131,19 +143,24 @@ def main() -> None:
         print(f"no-op extract over {first.images} cached files (median of 3): {noop_seconds:.2f} s = "
               f"{100 * noop_seconds / first_seconds:.2f}% of their first extraction ({first_seconds:.1f} s)", flush=True)
 
-        # 5. adding 2,560 images to a cache of --grow-base images vs to an empty cache, from the CLI.
-        grow_data, grow_cache = work / "grow-data", work / "grow-cache"
+        # 5. adding 2,560 images to a cache of --grow-base images vs to an empty cache, from the CLI. Every
+        # repeat starts from the same --grow-base cache (a copy of it) and adds its own 2,560 new files.
+        grow_data, grow_base, grow_cache = work / "grow-data", work / "grow-base-cache", work / "grow-cache"
         make_images(grow_data, args.grow_base, start=20_000_000)
         time.sleep(2.5)  # past the memo's racy window: files younger than 2 s are hashed again on the next run
-        cli_extract(grow_data, grow_cache)
+        cli_extract(grow_data, grow_base)
         empty_runs, full_runs = [], []
         for repeat in range(3):  # alternated, median of three: one run is ~1 s and the machine is not quiet
             fresh_data, fresh_cache = work / f"fresh-data-{repeat}", work / f"fresh-cache-{repeat}"
-            make_images(fresh_data, 2560, start=30_000_000 + 10_000 * repeat)
-            make_images(grow_data, 2560, start=30_000_000 + 10_000 * repeat)
+            first = 30_000_000 + 10_000 * repeat
+            make_images(fresh_data, 2560, start=first)
+            make_images(grow_data, 2560, start=first)
+            shutil.rmtree(grow_cache, ignore_errors=True)
+            shutil.copytree(grow_base, grow_cache)  # copy2 keeps the shards' times, so the index still matches them
             time.sleep(2.5)
             empty_runs.append(cli_extract(fresh_data, fresh_cache))
             full_runs.append(cli_extract(grow_data, grow_cache))
+            remove_images(grow_data, 2560, start=first)
         empty_seconds, full_seconds = float(np.median(empty_runs)), float(np.median(full_runs))
         results["grow"] = {"base": args.grow_base, "into_empty_s": round(empty_seconds, 2),
                            "into_full_s": round(full_seconds, 2), "ratio": round(full_seconds / empty_seconds, 3),

@@ -123,8 +123,8 @@ class ExtractionPlan:
         scan = self.scan
         if self.up_to_date and not wrote:
             return len(scan.sha256s)
-        rows = IndexRows(scan.relpaths, scan.labels, scan.sha256s, list(map(self.splits.__getitem__, scan.sha256s)))
-        return self.store.consolidate(rows, classes=self.classes, warn=warn, state=self.state,
+        rows = IndexRows(scan.relpaths, scan.labels, scan.sha256s)
+        return self.store.consolidate(rows, split_of=self.splits.__getitem__, classes=self.classes, warn=warn, state=self.state,
                                       attrs={**self.index_attrs, "skipped": [k.as_dict() for k in self.skipped],
                                              "inputs_digest": self.inputs_digest})
 
@@ -164,8 +164,8 @@ def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, inp
     # A no-op run stops here: the index says it was written from exactly this scan and holds every image.
     up_to_date = not verify and feature_store.index_is_current(digest, len(scan.sha256s))
     state = StoredState() if up_to_date else feature_store.stored_state(warn, verify=verify)
-    if state.index_split_settings == (split_seed, [float(v) for v in split_fractions]):
-        splits.know(state.index_sha256, state.index_split)  # drawn before with the same settings: not drawn again
+    if state.index_split_settings != (split_seed, [float(v) for v in split_fractions]):
+        state.forget_splits()  # the recorded splits were drawn with other settings
     return ExtractionPlan(feature_store, spec, size, scan, splits, state, skipped, index_attrs, digest, up_to_date)
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,12 +44,11 @@ from featurebank.stored_state import StoredState, sha256_column
 
 
 class IndexRows(NamedTuple):
-    """The scan's images as columns, in scan order: what an index is written from."""
+    """The scan's images as columns, in scan order: what an index is written from (splits are looked up or drawn)."""
 
     relpaths: list[str]
     labels: list[int]
     sha256s: list[str]
-    splits: list[str]
 
 
 class FeatureStore:
@@ -108,12 +108,12 @@ class FeatureStore:
                 names = list(base["shards"].asstr()[...])
                 recorded = dict(zip(names, zip(base["shard_bytes"][...].tolist(), base["shard_mtime_ns"][...].tolist())))
                 stored = (base["stored_sha256"][...], base["stored_shard"][...], base["stored_row"][...])
-                state.index_sha256, state.index_split = base["sha256"][...], base["split"][...]
+                stored_split = base["stored_split"][...] if "stored_split" in base else None  # older indexes lack it
                 state.index_split_settings = (int(base.attrs.get("split_seed", -1)),
                                               [float(v) for v in base.attrs.get("split_fractions", [])])
             intact = [name for name in names if name in on_disk and not verify
                       and (on_disk[name].st_size, on_disk[name].st_mtime_ns) == recorded[name]]
-            state.set_indexed(*stored, names, intact)
+            state.set_indexed(*stored, names, intact, stored_split)
             state.shards = {name: recorded[name] for name in intact}
         self.refresh(state, warn)
         return state
@@ -174,9 +174,12 @@ class FeatureStore:
         return added
 
     # -- the index ---------------------------------------------------------------------------------------
-    def consolidate(self, rows: IndexRows, *, classes: list[str], attrs: dict, warn=None,
-                    state: StoredState | None = None) -> int:
-        """Write the index for the scan's ``rows`` (columns: relpath, label, sha256, split) that have features.
+    def consolidate(self, rows: IndexRows, *, split_of: Callable[[str], str], classes: list[str], attrs: dict,
+                    warn=None, state: StoredState | None = None) -> int:
+        """Write the index for the scan's ``rows`` (columns: relpath, label, sha256) that have features.
+
+        Each row's split is the one the index recorded (``stored_split``, when ``state`` says the
+        settings match) or ``split_of``'s draw: a run that adds images draws splits for those only.
 
         Runs under a lock, and first reads the shards committed since ``state`` (the writer's own
         and other writers'; all of what is stored when no state is given), so concurrent writers
@@ -191,17 +194,17 @@ class FeatureStore:
                 state.index_digest = self._index_digest()  # another writer may have rewritten it since
             names = sorted(state.shards)
             number = {name: i for i, name in enumerate(names)}
-            found, shard, row = state.locate(rows.sha256s, number)
+            found, shard, row, split = state.locate(rows.sha256s, number, split_of)
             if not found.all():  # images without features (they failed to decode) are not indexed
                 keep = np.flatnonzero(found).tolist()
                 rows = IndexRows(*([column[i] for i in keep] for column in rows))
-                shard, row = shard[found], row[found]
-            stored_sha256, stored_shard, stored_row = state.all_rows(number)
+                shard, row, split = shard[found], row[found], split[found]
+            stored_sha256, stored_shard, stored_row, stored_split = state.all_rows(number, split_of)
             columns = {
                 "paths": np.array(rows.relpaths, dtype=object),
                 "labels": np.array(rows.labels, dtype=np.int64),
                 "sha256": sha256_column(rows.sha256s),
-                "split": np.array(rows.splits, dtype="S5"),
+                "split": split,
                 "shard": shard,
                 "row": row,
                 "shards": np.array(names, dtype=object),
@@ -210,6 +213,7 @@ class FeatureStore:
                 "stored_sha256": stored_sha256,  # by hash, whatever order the shards were read in
                 "stored_shard": stored_shard,
                 "stored_row": stored_row,
+                "stored_split": stored_split,  # splits known for the next run (b'' where never drawn)
             }
             described = {**attrs, "classes": json.dumps(classes), "manifest": json.dumps(self.manifest, sort_keys=True),
                          "feature_shape": self._feature_shape(names)}

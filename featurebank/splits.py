@@ -53,10 +53,6 @@ class SplitOf(dict):
         super().__init__()
         self.seed, self.train_end, self.val_end = seed, fractions[0], fractions[0] + fractions[1]
 
-    def know(self, sha256s: np.ndarray, splits: np.ndarray) -> None:
-        """Splits drawn before with these settings (an index's ``sha256`` and ``split`` columns): not drawn again."""
-        self.update(zip(sha256s.astype("U64").tolist(), splits.astype("U5").tolist()))
-
     def __missing__(self, sha256: str) -> str:
         u = hash_uniform(sha256, self.seed, "split")
         self[sha256] = name = "train" if u < self.train_end else ("val" if u < self.val_end else "test")

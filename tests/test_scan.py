@@ -46,3 +46,54 @@ def test_missing_or_classless_folder_is_a_clear_error(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff")
     with pytest.raises(DatasetError, match="no class folders"):
         scan_folder(tmp_path)
+
+
+def test_hash_memo_learns_new_files_in_a_delta_and_folds_it_into_a_new_base(tmp_path, monkeypatch):
+    import os
+    import time
+
+    import featurebank.scan
+    import hashlib
+
+    from featurebank.scan import HashMemo, memo_path
+
+    data, memo_dir = tmp_path / "data", tmp_path / "cache"
+    memo_dir.mkdir()
+    past = time.time() - 3600  # older than the memo's racy window, so the memo keeps every file
+
+    def write(relpath: str, payload: bytes) -> Path:
+        path = data / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + payload)
+        os.utime(path, (past, past))
+        return path
+
+    for i in range(8):
+        write(f"{'ab'[i % 2]}/{i}.png", bytes([i]) * 16)
+    monkeypatch.setattr(HashMemo, "DELTA_MIN_ROWS", 2)
+    base, delta = memo_path(memo_dir, data.resolve()), memo_path(memo_dir, data.resolve()).with_suffix(".delta.npz")
+    scan_folder(data, memo_dir=memo_dir)
+    written = base.stat().st_ino, base.stat().st_mtime_ns
+    assert not delta.exists()
+
+    hashed = []
+    real_hash = featurebank.scan.hash_file
+    monkeypatch.setattr(featurebank.scan, "hash_file", lambda path, *a: hashed.append(Path(path).name) or real_hash(path, *a))
+    write("a/8.png", b"new"), write("b/9.png", b"newer")
+    scan_folder(data, memo_dir=memo_dir)
+    assert sorted(hashed) == ["8.png", "9.png"] and delta.exists()
+    assert (base.stat().st_ino, base.stat().st_mtime_ns) == written  # the base is not rewritten for two new files
+
+    hashed.clear()
+    scan = scan_folder(data, memo_dir=memo_dir)
+    assert hashed == []  # base and delta together know every file
+    assert scan.sha256s == [hashlib.sha256((data / p).read_bytes()).hexdigest() for p in scan.relpaths]
+
+    edited = write("a/0.png", bytes([99]) * 16)  # same size, other bytes and time: the base's entry is stale
+    os.utime(edited, (past + 5, past + 5))
+    scan = scan_folder(data, memo_dir=memo_dir)
+    assert hashed == ["0.png"]  # a third new entry outgrows the delta: folded into a new base
+    assert not delta.exists() and (base.stat().st_ino, base.stat().st_mtime_ns) != written
+    hashed.clear()
+    scan = scan_folder(data, memo_dir=memo_dir)
+    assert hashed == [] and scan.sha256s == [hashlib.sha256((data / p).read_bytes()).hexdigest() for p in scan.relpaths]

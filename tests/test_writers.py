@@ -15,8 +15,10 @@ from conftest import FEATUREBANK
 import featurebank
 import featurebank.index
 import featurebank.scan
+import featurebank.splits
 from featurebank.cache import HOST
 from featurebank.errors import CacheError
+from featurebank.splits import assign_splits
 
 
 def extract_command(data, cache, *extra):
@@ -187,7 +189,25 @@ def test_noop_run_opens_no_shard_and_keeps_the_index_but_a_move_rewrites_it(tmp_
     assert fb.classes[fb.y[list(fb.paths).index("paper/glass0.jpg")]] == "paper"
     assert "glass/glass0.jpg" not in fb.paths
     assert featurebank.extract(data, **options, split_seed=1).images == 12  # other splits: index rewritten
-    assert featurebank.load(cache=cache).split.tolist() != fb.split.tolist()
+    reseeded = featurebank.load(cache=cache)
+    assert reseeded.split.tolist() != fb.split.tolist()
+    assert reseeded.split.tolist() == assign_splits(reseeded.sha256.tolist(), seed=1).tolist()
+
+
+def test_a_run_that_adds_images_draws_splits_for_those_only(tmp_path, make_images, monkeypatch):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_images(data, 2)
+    options = dict(cache=cache, weights="none", input_size=(64, 64))
+    featurebank.extract(data, **options)
+    make_images(data, 1, start=2)  # one more image per class
+    draws = []
+    real_draw = featurebank.splits.hash_uniform
+    monkeypatch.setattr(featurebank.splits, "hash_uniform", lambda *a: draws.append(a[0]) or real_draw(*a))
+    report = featurebank.extract(data, **options)
+    fb = featurebank.load(cache=cache)
+    assert report.new == 6 and len(fb) == 18
+    assert sorted(draws) == sorted(set(draws)) and len(draws) == 6  # the new images' splits, each drawn once
+    assert fb.split.tolist() == assign_splits(fb.sha256.tolist()).tolist()
 
 
 def test_claims_are_hard_links_to_the_lease_and_void_once_their_writer_is_gone(tmp_path, monkeypatch):

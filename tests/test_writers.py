@@ -209,6 +209,13 @@ def test_a_run_that_adds_images_draws_splits_for_those_only(tmp_path, make_image
     assert sorted(draws) == sorted(set(draws)) and len(draws) == 6  # the new images' splits, each drawn once
     assert fb.split.tolist() == assign_splits(fb.sha256.tolist()).tolist()
 
+    with h5py.File(next(cache.glob("resnet50-*.h5")), "a") as index:  # as an index of an older version wrote it
+        del index["stored_split"]
+    make_images(data, 1, start=3)
+    assert featurebank.extract(data, **options).new == 6
+    fb = featurebank.load(cache=cache)
+    assert len(fb) == 24 and fb.split.tolist() == assign_splits(fb.sha256.tolist()).tolist()
+
 
 def test_claims_are_hard_links_to_the_lease_and_void_once_their_writer_is_gone(tmp_path, monkeypatch):
     import os

@@ -161,7 +161,7 @@ def compression_options(compression: str) -> dict:
     raise InvalidArgument(f"compression must be one of {', '.join(COMPRESSIONS)}; received {compression!r}")
 
 
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1  # faster and no larger than level 3 on dense and on sparse maps (bench/zstd_levels.py, BENCHMARKS.md)
 
 
 def zstd_frames(rows: np.ndarray) -> list[bytes]:

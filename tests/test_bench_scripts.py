@@ -31,3 +31,13 @@ def test_claims_bench_runs_both_ways(tmp_path):
     figures = json.loads(done.stdout.splitlines()[-1])
     assert figures["buckets"] == 256 and all(ms > 0 for ms in figures["median_ms"].values())
     assert list(tmp_path.iterdir()) == []  # every claim, lease and folder it made is gone
+
+
+def test_zstd_levels_bench_reads_a_cache_and_compresses_its_maps(small_cache):
+    done = subprocess.run([sys.executable, "zstd_levels.py", "--cache", str(small_cache["cache"]), "--images", "8",
+                           "--levels", "1,3"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["maps"] == 8 and figures["shape"] == [2, 2, 2048]
+    assert [(row["level"], row["shuffle"]) for row in figures["rows"]] == [(1, False), (1, True), (3, False), (3, True)]
+    assert all(0 < row["share_of_raw"] < 1.2 and row["ms_per_map"] > 0 for row in figures["rows"])

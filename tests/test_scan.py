@@ -55,7 +55,7 @@ def test_hash_memo_learns_new_files_in_a_delta_and_folds_it_into_a_new_base(tmp_
     import featurebank.scan
     import hashlib
 
-    from featurebank.scan import HashMemo, memo_path
+    from featurebank.memo import HashMemo, memo_path
 
     data, memo_dir = tmp_path / "data", tmp_path / "cache"
     memo_dir.mkdir()

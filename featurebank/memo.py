@@ -41,12 +41,17 @@ class HashMemo:
         self.started_ns = time.time_ns()
         base = _read_memo(path) if path is not None and enabled else None
         delta = _read_memo(self.delta_path) if base is not None else None
-        parts = [part for part in (base, delta) if part is not None]
         self.base_rows, self.delta_rows = (len(part[0]) if part else 0 for part in (base, delta))
-        self.relpaths: list[str] = [p for part in parts for p in part[0]]
-        self.stats = np.concatenate([part[1] for part in parts]) if parts else np.zeros((0, 3), np.int64)
-        self.sha256: list[str] = [d for part in parts for d in part[2]]
-        self.formats: list[str] = [f for part in parts for f in part[3]]
+        self.relpaths: list[str] = []
+        self.stats = np.zeros((0, 3), np.int64)  # size, mtime_ns, inode per entry
+        self.sha256: list[str] = []
+        self.formats: list[str] = []
+        if base is not None:  # the base's columns as they are (a no-op scan of a million files compares them whole)
+            self.relpaths, self.stats, self.sha256, self.formats = base
+        if delta is not None:  # the delta's entries come last, and win in lookups
+            self.relpaths = self.relpaths + delta[0]
+            self.stats = np.concatenate([self.stats, delta[1]])
+            self.sha256, self.formats = self.sha256 + delta[2], self.formats + delta[3]
 
     def lookup(self, relpaths: list[str], stats: np.ndarray) -> tuple[list[str], list[str], np.ndarray] | None:
         """The memo's (sha256s, formats, known) columns for the scan's files; ``known[i]`` says whether file i's

@@ -1,10 +1,12 @@
-"""What a writer knows is stored: each image's (shard, row), and the shards it has checked.
+"""What a writer knows is stored: each image's (shard, row) and split, and the shards it has checked.
 
 The rows the index lists stay as the index keeps them, numpy columns sorted by content hash: the
 next index is written from them without a Python object per stored image, and lookups go through
 one dictionary of positions (digest → int), built when first asked. (numpy's searchsorted over
 64-byte digests was tried: slower than the dictionary at 80,000 rows.) Rows of shards read since
-(this writer's and other writers' commits) are few and go in a dictionary of their own.
+(this writer's and other writers' commits) are few and go in a dictionary of their own. Splits
+recorded by the index are kept beside the rows, so a run draws splits only for images it has not
+seen (a split is a pure function of the content hash and the settings; recording it only saves the draw).
 """
 
 from __future__ import annotations

@@ -48,16 +48,21 @@ def make_images(root: Path, count: int, *, start: int = 0) -> None:
         pixels.reshape(-1)[:8] = np.frombuffer(i.to_bytes(8, "little"), np.uint8)  # distinct bytes per image
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
-        folder = root / f"class{i % CLASSES}" / f"part{i // 1000:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"img{i:07d}.png").write_bytes(buffer.getvalue())
+        path = image_path(root, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer.getvalue())
+
+
+def image_path(root: Path, i: int) -> Path:
+    """Where ``make_images`` puts image ``i``: CLASSES class folders, 1,000 images per sub-folder."""
+    return root / f"class{i % CLASSES}" / f"part{i // 1000:05d}" / f"img{i:07d}.png"
 
 
 def remove_images(root: Path, count: int, *, start: int) -> None:
     """Delete the files ``make_images(root, count, start=start)`` wrote."""
     folders = set()
     for i in range(start, start + count):
-        path = root / f"class{i % CLASSES}" / f"part{i // 1000:05d}" / f"img{i:07d}.png"
+        path = image_path(root, i)
         path.unlink()
         folders.add(path.parent)
     for folder in folders:

@@ -124,9 +124,9 @@ class ExtractionPlan:
         if self.up_to_date and not wrote:
             return len(scan.sha256s)
         rows = IndexRows(scan.relpaths, scan.labels, scan.sha256s)
-        return self.store.consolidate(rows, split_of=self.splits.__getitem__, classes=self.classes, warn=warn, state=self.state,
-                                      attrs={**self.index_attrs, "skipped": [k.as_dict() for k in self.skipped],
-                                             "inputs_digest": self.inputs_digest})
+        attrs = {**self.index_attrs, "skipped": [k.as_dict() for k in self.skipped], "inputs_digest": self.inputs_digest}
+        return self.store.consolidate(rows, split_of=self.splits.__getitem__, classes=self.classes, attrs=attrs,
+                                      warn=warn, state=self.state)
 
 
 def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, input_size, split_seed: int,

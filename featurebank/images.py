@@ -84,8 +84,6 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-
-
 def decode_failure(exc: Exception) -> str:
     """The reason shown for a file that could not be decoded."""
     if isinstance(exc, ImageDecodeError):

@@ -79,21 +79,22 @@ class HashMemo:
             return
         keep = usable & (stats[:, 1] < self.started_ns - self.RACY_NS)
         learnt = np.flatnonzero(keep & ~known).tolist()
+        scan = (relpaths, stats, sha256s, formats)
         if self.base_rows and self.delta_rows + len(learnt) <= max(self.DELTA_MIN_ROWS, self.base_rows // 4):
             if learnt:  # the delta: its old entries, then the new ones
                 old = slice(self.base_rows, None)
-                _write_memo(self.delta_path, self.relpaths[old] + [relpaths[i] for i in learnt],
-                            np.concatenate([self.stats[old], stats[learnt]]),
-                            self.sha256[old] + [sha256s[i] for i in learnt], self.formats[old] + [formats[i] for i in learnt])
+                new_relpaths, new_stats, new_sha256s, new_formats = _rows(scan, learnt)
+                _write_memo(self.delta_path, self.relpaths[old] + new_relpaths, np.concatenate([self.stats[old], new_stats]),
+                            self.sha256[old] + new_sha256s, self.formats[old] + new_formats)
             return
-        rows = None if keep.all() else np.flatnonzero(keep).tolist()
-
-        def pick_rows(column: list[str]) -> list[str]:
-            return column if rows is None else [column[i] for i in rows]
-
-        if _write_memo(self.path, pick_rows(relpaths), stats[keep], pick_rows(sha256s), pick_rows(formats)):
+        if _write_memo(self.path, *(scan if keep.all() else _rows(scan, np.flatnonzero(keep).tolist()))):
             with contextlib.suppress(OSError):
                 self.delta_path.unlink(missing_ok=True)
+
+
+def _rows(columns: tuple, rows: list[int]) -> tuple:
+    """The given rows of memo columns (lists of strings and an (n, 3) stats array)."""
+    return tuple(column[rows] if isinstance(column, np.ndarray) else [column[i] for i in rows] for column in columns)
 
 
 def _read_memo(path: Path) -> tuple[list[str], np.ndarray, list[str], list[str]] | None:

@@ -126,7 +126,7 @@ class StoredState:
                 where = self.rows.get(sha256s[i])
                 if where is not None:
                     found[i], shard[i], row[i] = True, number[where[0]], where[1]
-        for i in np.flatnonzero(split == b"").tolist():  # new images, or splits drawn with other settings
+        for i in np.flatnonzero(found & (split == b"")).tolist():  # new images, or splits drawn with other settings
             split[i] = split_of(sha256s[i])
         self.indexed_split[hits] = split[positions >= 0]
         return found, shard, row, split

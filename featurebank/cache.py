@@ -8,8 +8,9 @@ Layout under the cache folder, for a cache key ``K`` (sha256 of the manifest) of
 A shard is self-describing and immutable: ``features`` (n, h, w, c) one image per chunk (absent
 when only pooled vectors are stored), ``pooled_avg`` and ``pooled_max`` (n, c) float32, and the
 ``sha256``, ``paths``, ``labels`` and ``split`` of its images with the ``classes`` they index.
-It is built in memory and written under a temporary name, fsynced and renamed into place, so a
-crash loses only the shard in flight and committing a shard costs the same at any cache size.
+It is built in memory (a buffer each writer reuses, shard after shard) and written under a temporary
+name, fsynced and renamed into place (featurebank/files.py), so a crash loses only the shard in
+flight and committing a shard costs the same at any cache size.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import h5py
 import numpy as np
 
 from featurebank.errors import CacheError, InvalidArgument
+from featurebank.files import HOST, MemoryFile, atomic_h5
 
 FORMAT_VERSION = 1  # of the shards and manifest; part of every cache key
 COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
@@ -37,7 +39,6 @@ DTYPES = ("float16", "float32")
 STORES = ("maps", "pooled")  # maps: feature maps + pooled vectors; pooled: pooled vectors only
 POOLED = ("avg", "max")  # pooled side data stored beside every map, as datasets pooled_<name>
 STR_DTYPE = h5py.string_dtype("utf-8")
-HOST = socket.gethostname().replace("~", "-") or "localhost"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -77,74 +78,6 @@ def make_manifest(
 
 def cache_key(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-
-def in_memory_h5() -> h5py.File:
-    """An HDF5 file that lives in memory until ``commit_h5`` writes it out (HDF5's core driver)."""
-    return h5py.File(f"featurebank-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
-
-
-def temporary_name(path: Path) -> Path:
-    """A hidden sibling of ``path`` whose name carries this host and process, for safe clean-up."""
-    return path.with_name(f".tmp~{HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}~{path.name}")
-
-
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path``: temporary file, fsync, rename. Readers see the old file or the new one."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def commit_h5(fh: h5py.File, path: Path) -> None:
-    """Write an in-memory HDF5 file to ``path`` atomically, then close it.
-
-    HDF5 never touches the disk itself, so a full or failing disk surfaces as a plain OSError from
-    ``write`` and can neither corrupt HDF5's state nor leave a partial file behind.
-    """
-    fh.flush()
-    image = fh.id.get_file_image()
-    fh.close()
-    write_atomically(path, image)
-
-
-@contextlib.contextmanager
-def atomic_h5(path: Path):
-    """Context manager: an h5py.File built in memory and committed to ``path`` atomically on success."""
-    fh = in_memory_h5()
-    try:
-        yield fh
-    except BaseException:
-        fh.close()
-        raise
-    commit_h5(fh, path)
-
-
-def remove_stale_temporaries(*folders: Path) -> None:
-    """Delete temporaries left by dead processes of this host; other hosts' files are never touched."""
-    for folder in folders:
-        for tmp in folder.glob(".tmp~*"):
-            parts = tmp.name.split("~")
-            if len(parts) >= 4 and parts[1] == HOST and parts[2].isdigit() and not process_alive(int(parts[2])):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def compression_options(compression: str) -> dict:
@@ -286,11 +219,14 @@ class ShardWriter:
         self.store = store
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.sequence = 0
-        self._file: h5py.File | None = None  # the shard being filled, in memory
+        self._file: h5py.File | None = None  # the shard being filled, in ``self._memory``
+        map_bytes = int(np.prod(self.feature_shape, dtype=np.int64)) * self.dtype.itemsize if store == "maps" else 0
+        # Shards skip the page cache (featurebank/files.py); a full shard's maps, uncompressed, plus room for the rest.
+        self._memory = MemoryFile(direct=True, expected_bytes=shard_size * (map_bytes + (16 << 10)) + (1 << 20))
         self._rows: dict[str, list] = {}
 
     def _open(self) -> None:
-        self._file = in_memory_h5()
+        self._file = self._memory.new_h5()
         if self.store == "maps":
             self._file.create_dataset(
                 "features", shape=(0, *self.feature_shape), maxshape=(None, *self.feature_shape),
@@ -342,7 +278,7 @@ class ShardWriter:
         fh.attrs["key"] = self.key
         fh.attrs["classes"] = json.dumps(self.classes)
         fh.attrs["feature_shape"] = list(self.feature_shape)
-        commit_h5(fh, self.shard_dir / name)
+        self._memory.commit(fh, self.shard_dir / name)
         self.sequence += 1
         return [(digest, name, row) for row, digest in enumerate(rows["sha256"])]
 

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from featurebank.cache import HOST, process_alive
+from featurebank.files import HOST, process_alive
 
 # 256 buckets: few enough that claiming costs little in small runs (each claim is a file creation
 # on the writer's critical path), many enough to share work evenly: ~4,000 images each at 1M images,

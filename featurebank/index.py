@@ -30,15 +30,13 @@ from featurebank.cache import (
     STR_DTYPE,
     ShardDamaged,
     ShardWriter,
-    atomic_h5,
     backfill_pooled,
     cache_key,
     describe_os_error,
     open_shard,
-    remove_stale_temporaries,
-    write_atomically,
 )
 from featurebank.errors import CacheError
+from featurebank.files import atomic_h5, remove_stale_temporaries, write_atomically
 from featurebank.index_view import INDEX_FORMAT, read_base, shard_files, shard_names
 from featurebank.stored_state import StoredState, sha256_column
 

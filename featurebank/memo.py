@@ -115,7 +115,7 @@ def _read_memo(path: Path) -> tuple[list[str], np.ndarray, list[str], list[str]]
 
 def _write_memo(path: Path, relpaths: list[str], stats: np.ndarray, sha256s: list[str], formats: list[str]) -> bool:
     """Write a memo file (write, fsync, rename); returns whether it was written."""
-    from featurebank.cache import write_atomically
+    from featurebank.files import write_atomically
 
     buffer = io.BytesIO()
     np.savez(buffer, relpaths=_joined_text(relpaths), size=stats[:, 0], mtime_ns=stats[:, 1],

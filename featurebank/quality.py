@@ -68,7 +68,7 @@ def photo_statistics(paths: list[Path], sha256s, *, cache_dir: Path | None = Non
             if np.isfinite(result[0]).all():
                 known[str(sha256s[i])] = result
     if store and todo:
-        from featurebank.cache import write_atomically
+        from featurebank.files import write_atomically
 
         buffer = io.BytesIO()
         np.savez(buffer, sha256=np.array(list(known), dtype="S64"),

@@ -16,8 +16,8 @@ import featurebank
 import featurebank.index
 import featurebank.scan
 import featurebank.splits
-from featurebank.cache import HOST
 from featurebank.errors import CacheError
+from featurebank.files import HOST, MemoryFile
 from featurebank.splits import assign_splits
 
 
@@ -243,3 +243,42 @@ def test_claims_are_hard_links_to_the_lease_and_void_once_their_writer_is_gone(t
         other = tmp_path / "claims" / "cd"
         assert other.read_text() == third.lease.name and other.stat().st_ino != third.lease.stat().st_ino
     assert not other.exists()
+
+
+def write_shard_like(memory: MemoryFile, path, rows: int) -> np.ndarray:
+    """An HDF5 file shaped like a shard (one map per chunk, an odd-sized string column), committed through ``memory``."""
+    maps = np.random.default_rng(rows).standard_normal((rows, 3, 5, 7)).astype(np.float16)
+    fh = memory.new_h5()
+    features = fh.create_dataset("features", shape=(0, 3, 5, 7), maxshape=(None, 3, 5, 7), dtype=np.float16,
+                                 chunks=(1, 3, 5, 7))
+    for start in range(0, rows, 4):  # appended batch by batch, as the writer does
+        features.resize(min(rows, start + 4), axis=0)
+        features[start : start + 4] = maps[start : start + 4]
+    fh.create_dataset("paths", data=[f"photo-{i}.jpg" for i in range(rows)], dtype=h5py.string_dtype("utf-8"))
+    memory.commit(fh, path)
+    return maps
+
+
+@pytest.mark.parametrize("refuse_direct", [False, True], ids=["o-direct", "o-direct-refused"])
+def test_shards_written_past_the_page_cache_are_exactly_what_hdf5_wrote(tmp_path, monkeypatch, refuse_direct):
+    """Shards go to disk with O_DIRECT from a reused, padded buffer; the file is cut to HDF5's size, byte for byte
+    what the buffered write gives, and a file system that refuses O_DIRECT gets the buffered write instead."""
+    if refuse_direct:
+        real_open = os.open
+
+        def open_refusing_direct(path, flags, *args):
+            if flags & getattr(os, "O_DIRECT", 0):
+                raise OSError(22, "Invalid argument")  # what tmpfs on older kernels and some FUSE file systems say
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr("featurebank.files.os.open", open_refusing_direct)
+    direct, buffered = MemoryFile(direct=True), MemoryFile()
+    for rows in (37, 5):  # the second file is smaller: nothing of the first may survive in the reused buffer
+        maps = write_shard_like(direct, tmp_path / f"direct-{rows}.h5", rows)
+        write_shard_like(buffered, tmp_path / f"buffered-{rows}.h5", rows)
+        assert (tmp_path / f"direct-{rows}.h5").read_bytes() == (tmp_path / f"buffered-{rows}.h5").read_bytes()
+        with h5py.File(tmp_path / f"direct-{rows}.h5", "r") as fh:
+            np.testing.assert_array_equal(fh["features"][...], maps)
+            assert fh["paths"].asstr()[...].tolist() == [f"photo-{i}.jpg" for i in range(rows)]
+    assert os.path.getsize(tmp_path / "direct-37.h5") % 4096 != 0  # cut to size, not left padded
+    assert not list(tmp_path.glob(".tmp~*"))

@@ -40,7 +40,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return background
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+EXIF_ORIENTATION = 0x0112  # 1 (or absent): stored upright
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -59,7 +62,8 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
                     # Let libjpeg decode at reduced scale when the target is much smaller.
                     image.draft("RGB", (width, height))
                 image.load()
-                image = ImageOps.exif_transpose(image)
+                if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # no copy for the photos already upright
+                    image = ImageOps.exif_transpose(image)
                 image = _to_rgb(image)
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.BILINEAR)

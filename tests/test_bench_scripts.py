@@ -41,3 +41,20 @@ def test_zstd_levels_bench_reads_a_cache_and_compresses_its_maps(small_cache):
     assert figures["maps"] == 8 and figures["shape"] == [2, 2, 2048]
     assert [(row["level"], row["shuffle"]) for row in figures["rows"]] == [(1, False), (1, True), (3, False), (3, True)]
     assert all(0 < row["share_of_raw"] < 1.2 and row["ms_per_map"] > 0 for row in figures["rows"])
+
+
+def test_extract_throughput_alternates_backbone_passes_and_extractions(tmp_path, make_images):
+    make_images(tmp_path / "data", 3)
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, "extract_throughput.py", "--data", str(tmp_path / "data"),
+                           "--backbone", "rgb-stats", "--batch-size", "4", "--dtype", "float16",
+                           "--compression", "none,zstd", "--repeats", "2", "--report-json", str(out)],
+                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert [f["compression"] for f in figures] == ["none", "zstd"]
+    for f in figures:
+        assert f["images"] == f["new"] == 18 and f["repeats"] == 2
+        assert len(f["backbone_img_s_passes"]) == 3 and len(f["extract_img_s_runs"]) == 2  # B N Z B Z N B
+        assert abs(f["ratio"] - f["extract_img_s"] / f["backbone_img_s"]) < 1e-9
+        assert f["noop_fraction"] < 1

@@ -58,3 +58,14 @@ def test_extract_throughput_alternates_backbone_passes_and_extractions(tmp_path,
         assert len(f["backbone_img_s_passes"]) == 3 and len(f["extract_img_s_runs"]) == 2  # B N Z B Z N B
         assert abs(f["ratio"] - f["extract_img_s"] / f["backbone_img_s"]) < 1e-9
         assert f["noop_fraction"] < 1
+
+
+def test_helper_cpu_bench_decodes_and_writes(tmp_path, make_images):
+    make_images(tmp_path / "data", 2)
+    done = subprocess.run([sys.executable, "helper_cpu.py", "--data", str(tmp_path / "data"), "--images", "8",
+                           "--shape", "2,2,8", "--shards", "2"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["decode"]["images"] == 8 and report["decode"]["cpu_ms"] >= 0
+    for compression in ("none", "zstd"):
+        assert len(report[f"write_{compression}"]["shards"]) == 2

@@ -20,7 +20,6 @@ import errno
 import hashlib
 import json
 import os
-import socket
 import threading
 import time
 import uuid

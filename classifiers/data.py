@@ -54,16 +54,21 @@ def load_splits(cache="cache", backbone: str = "resnet50", *, pooling: str = "fl
     everything = featurebank.load(path, pooling=load_pooling, balanced=balanced, exclude=exclude, lazy=True)
     if stream is None:
         stream = everything.X.shape[0] * int(np.prod(everything.X.shape[1:])) * 4 > memory_budget()
-    splits = {}
-    for name in SPLIT_NAMES:
-        positions = np.flatnonzero(everything.split == name)
-        view = everything.X.subset(positions)
+    by_split = {name: np.flatnonzero(everything.split == name) for name in SPLIT_NAMES}
+    for name, positions in by_split.items():
         if len(positions) == 0:
             raise CacheError(
                 f"{path}: the {name!r} split has no images ({len(everything)} images in the cache, split "
                 f"{everything.attrs.get('split_fractions')}); extract more images or choose other --split fractions"
             )
-        splits[name] = (view if stream else np.asarray(view), everything.y[positions])
+    # In memory, the splits are consecutive slices of one aligned table read in a single pass over the shards
+    # (each shard is scattered over every split, so reading split by split read each shard three times).
+    table = None if stream else np.asarray(everything.X.subset(np.concatenate(list(by_split.values()))))
+    splits, start = {}, 0
+    for name, positions in by_split.items():
+        X = everything.X.subset(positions) if table is None else table[start:start + len(positions)]
+        splits[name] = (X, everything.y[positions])
+        start += len(positions)
     everything.X.close()
     return SplitData(splits=splits, classes=everything.classes, key=everything.key, cache_file=str(path),
                      manifest=everything.manifest, attrs=everything.attrs, feature_pooling=load_pooling,

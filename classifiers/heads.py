@@ -44,27 +44,34 @@ def fit_keras_model(estimator, model, X, y_encoded, validation_data, *, optimize
                     epochs: int, batch_size: int, patience: int, start_from_epoch: int, seed: int, verbose: int,
                     lr_schedule: str = "constant"):
     """Compile and train ``model`` the study's way; stores ``model_``, ``history_``, ``best_epoch_``."""
-    train = make_batches(X, y_encoded, batch_size=batch_size, shuffle=True, seed=seed)
+    validation = None if validation_data is None else (validation_data[0], estimator._encode_more(validation_data[1]))
+    feed = make_batches(X, y_encoded, batch_size=batch_size, shuffle=True, seed=seed, validation=validation)
+    trainer = feed.trainer(model)  # shares model's weights
     # Up to STEPS_PER_EXECUTION training steps per call into the backend: the same updates in the same order
     # (identical results, tested), far fewer host round-trips for heads whose steps take microseconds.
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate, schedule=lr_schedule,
-                                           total_steps=epochs * math.ceil(len(y_encoded) / batch_size)),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=STEPS_PER_EXECUTION)
-    callbacks, validation = list(train.callbacks), None
-    if validation_data is not None:
-        X_val, y_val = validation_data
-        validation = make_batches(X_val, estimator._encode_more(y_val), batch_size=batch_size, shuffle=False,
-                                  seed=seed).data
+    trainer.compile(optimizer=make_optimizer(optimizer, learning_rate, schedule=lr_schedule,
+                                             total_steps=epochs * math.ceil(len(y_encoded) / batch_size)),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                    steps_per_execution=STEPS_PER_EXECUTION)
+    callbacks = list(feed.callbacks)
+    if validation is not None:
         callbacks.append(early_stopping(patience=patience, start_from_epoch=start_from_epoch))
     # shuffle=False: make_batches already orders each epoch (by seed and epoch); Keras must not reorder batches.
-    history = model.fit(train.data, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=verbose,
-                        shuffle=False)
+    stopper = None
+    try:
+        history = trainer.fit(feed.data, validation_data=feed.validation, epochs=epochs, callbacks=callbacks,
+                              verbose=verbose, shuffle=False).history
+        stopper = callbacks[-1] if validation is not None else None
+        best_epoch = stopper.best_epoch + 1 if stopper is not None and stopper.best_weights is not None else None
+    finally:
+        # The callbacks hold the trainer, which holds what the feed handed to the backend: drop them all first.
+        callbacks.clear()
+        feed.callbacks.clear()
+        del trainer, stopper
+        feed.release()
     estimator.model_ = model
-    estimator.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
-    stopper = callbacks[-1] if validation_data is not None else None
-    restored = stopper is not None and stopper.best_weights is not None
-    estimator.best_epoch_ = stopper.best_epoch + 1 if restored else len(estimator.history_["loss"])
+    estimator.history_ = {k: [float(v) for v in values] for k, values in history.items()}
+    estimator.best_epoch_ = best_epoch or len(estimator.history_["loss"])
     return estimator
 
 

@@ -122,7 +122,23 @@ def configure_compression(workers: int, *, low_priority: bool = False) -> None:
     _POOL_SETTINGS = (max(1, workers), low_priority)
 
 
+def in_parallel(work, items: list) -> None:
+    """Run ``work(part)`` over the items split into one interleaved part per pool thread.
+
+    For array work that releases the GIL: numpy's float16 → float32 casts when ``load()`` fills
+    a table of maps run at twice the speed on 2 cores (BENCHMARKS.md).
+    """
+    pool = _compression_pool()
+    parts = [items[i::_POOL_SETTINGS[0]] for i in range(_POOL_SETTINGS[0])]
+    if len(items) < 2 * len(parts):
+        work(items)
+        return
+    for done in [pool.submit(work, part) for part in parts]:
+        done.result()
+
+
 def _compression_pool():
+    """The threads for array work that releases the GIL: zstd at extraction, casts at load."""
     global _POOL, _POOL_SETTINGS
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import POOLED, ShardDamaged, cache_key, describe_os_error, open_shard, pooled_vectors
+from featurebank.cache import (
+    POOLED,
+    ShardDamaged,
+    cache_key,
+    describe_os_error,
+    in_parallel,
+    open_shard,
+    pooled_vectors,
+)
 from featurebank.errors import AmbiguousCacheError, CacheError, InvalidArgument
 from featurebank.index_view import IndexView, find_indexes, read_view
 from featurebank.splits import SPLIT_NAMES, balanced_subset
 
 POOLINGS = ("flatten", "avg", "max", "avg+max")
+ARRAY_ALIGNMENT = 64  # bytes: what TensorFlow needs to use a numpy array's memory without copying it (DLPack)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array in an anonymous memory map of its own: page-aligned.
+
+    Why not ``np.empty``: numpy only promises 16-byte alignment, and frameworks wrap 64-byte-aligned
+    memory as a tensor without a copy (the study's Flatten head: gigabytes of maps). And numpy
+    advises large arrays for transparent huge pages, whose first touch can wait on memory
+    compaction: filling 4 GiB took 5.5–7.7 s that way on the 2-core machine, 2.6–2.8 s in a plain
+    mapping (BENCHMARKS.md).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE), dtype).reshape(shape)
 
 
 def pool_features(block: np.ndarray, pooling: str | None) -> np.ndarray:
@@ -43,6 +70,7 @@ class ShardReader:
     def __init__(self, shard_dir: Path):
         self.shard_dir = Path(shard_dir)
         self._open: OrderedDict[str, object] = OrderedDict()
+        self._scratch: np.ndarray | None = None
 
     def file(self, name: str):
         if name in self._open:
@@ -64,11 +92,15 @@ class ShardReader:
         block, index = self.read_span(name, dataset, rows)
         return block if len(index) == len(block) else block[index]
 
-    def read_span(self, name: str, dataset: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def read_span(self, name: str, dataset: str, rows: np.ndarray, *, scratch: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """A block of stored rows that holds ``rows`` (sorted, unique), and where each of them is in it.
 
         Dense requests are one contiguous read; sparse ones one read per run of consecutive rows
         (h5py's list indexing is far slower on chunked data). The block keeps the stored dtype.
+        With ``scratch``, a dense block is read into a buffer that the next scratch read reuses (so
+        use it before reading again): loading every map of a cache then touches fresh memory once,
+        for its destination, not twice.
         """
         fh = self.file(name)
         if dataset not in fh:
@@ -80,15 +112,31 @@ class ShardReader:
                 return data[0:0], np.zeros(0, np.int64)
             first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
             if span <= 2 * len(rows):
-                return data[first : first + span], rows - first
+                if not scratch:
+                    return data[first : first + span], rows - first
+                block = self._scratch_block(span, data.shape[1:], data.dtype)
+                data.read_direct(block, np.s_[first : first + span])
+                return block, rows - first
             runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
             return np.concatenate([data[int(run[0]) : int(run[-1]) + 1] for run in runs]), np.arange(len(rows))
         except OSError as exc:
             raise CacheError(f"{self.shard_dir / name}: cannot read shard: {describe_os_error(exc)}") from None
 
+    def _scratch_block(self, rows: int, row_shape: tuple[int, ...], dtype) -> np.ndarray:
+        needed = rows * int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if self._scratch is None or self._scratch.nbytes < needed:
+            self._scratch = aligned_empty((needed,), np.uint8)
+        return self._scratch[:needed].view(dtype).reshape(rows, *row_shape)
+
     def close(self) -> None:
+        self._scratch = None
         while self._open:
             self._open.popitem()[1].close()
+
+
+def _copy_rows(out: np.ndarray, block: np.ndarray, pairs: list[tuple[int, int]]) -> None:
+    for target, source in pairs:
+        out[target] = block[source]
 
 
 class LazyFeatures:
@@ -144,9 +192,8 @@ class LazyFeatures:
             if pooled:  # the stored pooled vectors: the maps are never read
                 block = np.concatenate([self._reader.read(name, d, unique) for d in pooled], axis=1)
             elif self.pooling is None:  # whole maps: each row copied (and cast to float32) once, straight into place
-                block, index = self._reader.read_span(name, "features", unique)
-                for target, source in zip(group.tolist(), index[inverse].tolist()):
-                    out[target] = block[source]
+                block, index = self._reader.read_span(name, "features", unique, scratch=True)
+                in_parallel(partial(_copy_rows, out, block), list(zip(group.tolist(), index[inverse].tolist())))
                 continue
             else:
                 block = pool_features(self._reader.read(name, "features", unique), self.pooling)
@@ -159,7 +206,7 @@ class LazyFeatures:
         return self.read_rows(np.arange(len(self))[item])
 
     def __array__(self, dtype=None, copy=None):
-        out = self.read_rows(np.arange(len(self)), out=np.empty(self.shape, np.float32))
+        out = self.read_rows(np.arange(len(self)), out=aligned_empty(self.shape, np.float32))
         return out if dtype is None else out.astype(dtype)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import featurebank
+from featurebank.load import aligned_empty
 from classifiers import DenseHead, NotFittedError
 from classifiers.jobs import train_head
 from cli import main
@@ -141,7 +142,7 @@ def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache):
 
 
 def test_graph_and_python_feeds_give_the_same_batches_each_epoch(monkeypatch):
-    """Arrays in memory are batched inside TensorFlow, views in Python: same rows, same order, per epoch."""
+    """Arrays in memory are gathered inside the training step, views in Python: same rows, same order, per epoch."""
     import keras
 
     import classifiers.batches as batches
@@ -149,16 +150,25 @@ def test_graph_and_python_feeds_give_the_same_batches_each_epoch(monkeypatch):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the graph feed is TensorFlow's")
     rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(50, 3)).astype(np.float32), rng.integers(0, 4, 50)
-    graph = batches.make_batches(X, y, batch_size=8, shuffle=True, seed=4)
+    X, X_val = aligned_empty((50, 3)), aligned_empty((11, 3))
+    X[:], X_val[:] = rng.normal(size=X.shape), rng.normal(size=X_val.shape)
+    y, y_val = rng.integers(0, 4, 50), rng.integers(0, 4, 11)
+    graph = batches.make_batches(X, y, batch_size=8, shuffle=True, seed=4, validation=(X_val, y_val))
     monkeypatch.setattr(batches, "GRAPH_FEED_MAX_BYTES", 0)
-    python = batches.make_batches(X, y, batch_size=8, shuffle=True, seed=4)
+    monkeypatch.setattr(batches, "shares_without_copy", lambda a: False)
+    python = batches.make_batches(X, y, batch_size=8, shuffle=True, seed=4, validation=(X_val, y_val))
     assert not isinstance(graph.data, keras.utils.PyDataset) and isinstance(python.data, keras.utils.PyDataset)
+    features = keras.Input((3,))
+    on_rows = graph.trainer(keras.Model(features, keras.layers.Identity()(features)))  # keys → the rows themselves
+
+    def rows_of(feed_data):
+        return [(np.asarray(on_rows(keys)), np.asarray(labels)) for keys, labels in feed_data]
+
     seen = []
     for epoch in (0, 3):
         for feed in (graph, python):
             feed.callbacks[0].on_epoch_begin(epoch)
-        from_graph = [(np.asarray(a), np.asarray(b)) for a, b in graph.data]
+        from_graph = rows_of(graph.data)
         from_python = [python.data[i] for i in range(len(python.data))]
         assert len(from_graph) == len(from_python) == 7
         for (xg, yg), (xp, yp) in zip(from_graph, from_python):
@@ -168,3 +178,64 @@ def test_graph_and_python_feeds_give_the_same_batches_each_epoch(monkeypatch):
         assert sorted(map(tuple, rows)) == sorted(map(tuple, X))  # each row once per epoch
         seen.append(rows)
     assert not np.array_equal(seen[0], seen[1])  # a new order each epoch
+    from_graph = rows_of(graph.validation)  # validation: the other table, in order
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in from_graph]), X_val)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in from_graph]), y_val)
+    np.testing.assert_array_equal(np.concatenate([python.validation[i][0] for i in range(2)]), X_val)
+
+
+def test_aligned_arrays_are_shared_with_tensorflow_and_others_copied():
+    """64-byte-aligned float arrays reach TensorFlow without a copy; anything else is copied, never shared."""
+    import keras
+
+    import classifiers.batches as batches
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's tensors")
+    table = aligned_empty((4, 32), np.float32)
+    table[:] = 1.0
+    assert table.ctypes.data % 64 == 0 and batches.shares_without_copy(table)
+    shared = batches.as_tensor(table)
+    table[0, 0] = 5.0
+    assert float(shared[0, 0]) == 5.0  # the same memory
+    shifted = table.reshape(-1)[4:].reshape(31, 4)  # 16 bytes past the boundary
+    assert not batches.shares_without_copy(shifted)
+    copied = batches.as_tensor(shifted)
+    shifted[0, 0] = 7.0
+    assert float(copied[0, 0]) == 1.0  # a copy
+    assert not batches.shares_without_copy(table.astype(np.int64))
+    frozen = aligned_empty((4, 32))
+    frozen.flags.writeable = False
+    assert not batches.shares_without_copy(frozen)
+
+
+def test_loaded_splits_are_aligned_slices_of_one_table(small_cache):
+    """load_splits reads every split in one pass into one aligned table; each split's rows are exactly load()'s."""
+    from classifiers.data import load_splits
+
+    data = load_splits(small_cache["cache"], pooling="flatten", stream=False)
+    everything = featurebank.load(small_cache["cache"])
+    start = data.splits["train"][0].ctypes.data
+    for name, (X, y) in data.splits.items():
+        assert X.ctypes.data % 64 == 0 and X.ctypes.data == start
+        start += X.nbytes
+        chosen = everything.split == name
+        np.testing.assert_array_equal(X, everything.X[chosen])
+        np.testing.assert_array_equal(y, everything.y[chosen])
+
+
+def test_fitting_keeps_no_reference_to_the_training_arrays():
+    """The head trained on shared memory lets go of it: the arrays are freed as soon as the caller drops them
+    (TensorFlow would otherwise keep every training step it traced, and the rows the step captured)."""
+    import weakref
+
+    rng = np.random.default_rng(1)
+    X, X_val = aligned_empty((40, 2, 2, 3)), aligned_empty((12, 2, 2, 3))
+    X[:], X_val[:] = rng.normal(size=X.shape), rng.normal(size=X_val.shape)
+    y, y_val = rng.integers(0, 3, 40), rng.integers(0, 3, 12)
+    alive = [weakref.ref(X), weakref.ref(X_val)]
+    head = DenseHead(optimizer="adam", epochs=2, start_from_epoch=0).fit(X, y, validation_data=(X_val, y_val))
+    kept, expected = X_val.copy(), head.predict_proba(X_val)
+    del X, X_val  # no gc.collect(): freed at once, not at the next garbage collection
+    assert [ref() is None for ref in alive] == [True, True]
+    np.testing.assert_array_equal(head.predict_proba(kept), expected)  # the trained head is untouched

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurebank.load import ARRAY_ALIGNMENT
+from featurebank.rows import ARRAY_ALIGNMENT
 
 GRAPH_FEED_MAX_BYTES = 1 << 30  # unaligned arrays up to this size are copied into TensorFlow once and batched there
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import featurebank
-from featurebank.load import aligned_empty
+from featurebank.rows import aligned_empty
 from classifiers import DenseHead, NotFittedError
 from classifiers.jobs import train_head
 from cli import main
@@ -123,9 +123,16 @@ def test_several_steps_per_backend_call_train_exactly_like_one(monkeypatch):
     np.testing.assert_array_equal(one, many)
 
 
-def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache):
-    """Reading a view's rows (dense spans, sparse runs, repeats, any order) gives exactly the stored maps."""
+@pytest.mark.parametrize("copy_threads", [1, 3])
+def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache, monkeypatch, copy_threads):
+    """Reading a view's rows (dense spans, sparse runs, repeats, any order) gives exactly the stored maps,
+    whether one thread or several copy the rows into place."""
     import h5py
+
+    from featurebank import cache
+
+    monkeypatch.setattr(cache, "_POOL", None)
+    monkeypatch.setattr(cache, "_POOL_SETTINGS", (copy_threads, False))
 
     lazy = featurebank.load(small_cache["cache"], lazy=True)
     stored = {}
@@ -139,6 +146,7 @@ def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache):
         np.testing.assert_array_equal(lazy.X.read_rows(positions), expected[positions])
         np.testing.assert_array_equal(np.asarray(lazy.X.subset(positions)), expected[positions])
     lazy.X.close()
+    cache._POOL.shutdown()
 
 
 def test_graph_and_python_feeds_give_the_same_batches_each_epoch(monkeypatch):

@@ -137,8 +137,10 @@ class _RowTables:
     a ``tf.custom_gradient`` (through ``tf.distribute``'s all-reduce), which registers a gradient
     function per trace in a global registry, never removed (tensorflow/tensorflow#97697, #80895).
     ``release`` drops the entries registered since these tables were made; they serve only the
-    tracing of this training. (Tables held in variables would be freed with them, but the first
-    gather from such a variable copied it whole: +1.5–2.6 s and twice the memory.)
+    tracing of this training. (So one training at a time per process: a model traced on another
+    thread meanwhile would lose its entries too. featurebank trains one at a time.) Tables held in
+    variables would be freed with them, but the first gather from such a variable copied it whole:
+    +1.5–2.6 s and twice the memory.
     """
 
     def __init__(self, arrays: list[np.ndarray]):

@@ -139,8 +139,8 @@ class _RowTables:
     ``release`` drops the entries registered since these tables were made; they serve only the
     tracing of this training. (So one training at a time per process: a model traced on another
     thread meanwhile would lose its entries too. featurebank trains one at a time.) Tables held in
-    variables would be freed with them, but the first gather from such a variable copied it whole:
-    +1.5–2.6 s and twice the memory.
+    variables would be freed with them, but the first gather from such a variable took 1.1–2.5 s
+    longer (TensorFlow copies a variable whose memory it shares before its first sparse read).
     """
 
     def __init__(self, arrays: list[np.ndarray]):

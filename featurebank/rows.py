@@ -24,7 +24,7 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     Why not ``np.empty``: numpy only promises 16-byte alignment, and frameworks wrap 64-byte-aligned
     memory as a tensor without a copy (the study's Flatten head: gigabytes of maps). And numpy
     advises large arrays for transparent huge pages, whose first touch can wait on memory
-    compaction: filling 4 GiB took 5.5–7.7 s that way on the 2-core machine, 2.6–2.8 s in a plain
+    compaction: filling 4 GiB took 5.5–8.8 s that way on the 2-core machine, 2.6–3.3 s in a plain
     mapping (BENCHMARKS.md).
     """
     dtype = np.dtype(dtype)

@@ -75,8 +75,8 @@ def make_batches(X, y, *, batch_size: int, shuffle: bool, seed: int, validation=
         isinstance(a, np.ndarray) and (shares_without_copy(a) or a.nbytes <= GRAPH_FEED_MAX_BYTES) for a in arrays)
     if in_graph:
         tables = _RowTables(arrays)
-        feed = tables.batches(0, y, batch_size)
-        checking = None if validation is None else tables.batches(1, np.asarray(validation[1]), batch_size)
+        feed = _OrderedBatches(0, y, batch_size)
+        checking = None if validation is None else _OrderedBatches(1, np.asarray(validation[1]), batch_size)
         trainer, release = tables.trainer, tables.release
     else:
         feed = _python_feed(X, y, batch_size)
@@ -146,9 +146,6 @@ class _RowTables:
     def __init__(self, arrays: list[np.ndarray]):
         self.tables = tuple(as_tensor(a) for a in arrays)
         self._registered_before = set(_gradient_registry())
-
-    def batches(self, table: int, y: np.ndarray, batch_size: int) -> _OrderedBatches:
-        return _OrderedBatches(table, y, batch_size)
 
     def trainer(self, model):
         return model_on_rows_class()(model, self.tables)
@@ -265,7 +262,7 @@ def predict_in_batches(model, X, batch_size: int) -> np.ndarray:
         count = len(rows)
         if count < batch_size:
             rows = np.concatenate([rows, np.zeros((batch_size - count, *rows.shape[1:]), rows.dtype)])
-        if shared and shares_without_copy(rows):
-            rows = as_tensor(rows)
+        if shared:
+            rows = as_tensor(rows)  # shares aligned memory, copies the rest (as Keras would)
         outputs.append(np.asarray(model.predict_on_batch(rows))[:count])
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)

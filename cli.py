@@ -23,7 +23,7 @@ from featurebank.cache import COMPRESSIONS, DTYPES, POOLED, STORES
 from featurebank.embed import AUGMENTS
 from featurebank.extraction import ENGINES
 from featurebank.errors import FeaturebankError
-from featurebank.load import POOLINGS
+from featurebank.load import VECTOR_POOLINGS
 from featurebank.sizing import EngineSizes
 
 
@@ -134,6 +134,9 @@ def main() -> None:
 @click.option("--augment", default="none", show_default=True, type=click.Choice(AUGMENTS),
               help="hflip-mean: store the mean of the image's and its mirror image's features (twice the compute; "
                    "its own cache key).")
+@click.option("--stages", is_flag=True,
+              help="Also store the avg-pooled output of every stage of the backbone (EfficientNet-Lite: 7 stages); "
+                   "heads read them with --pooling avg+stages. Its own cache key.")
 @click.option("--input-size", type=SizeType(), default=None, help="Resize images to HxW [backbone default: 512x384].")
 @click.option("--split", "split_fractions", type=FractionsType(), default="70/15/15", show_default=True,
               help="Train/val/test proportions.")
@@ -155,7 +158,7 @@ def main() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 if any file was skipped.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human text goes to stderr.")
-def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, input_size,
+def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, stages, input_size,
             split_fractions, split_seed, balanced, shard_size, decode_workers, engine, ray_address, rebuild, exclude, rehash,
             verify, strict, quiet, as_json):
     """Run the frozen backbone once per image of DATA and store the features in the cache.
@@ -168,8 +171,8 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
         data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
         input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
         compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
-        rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine, ray_address=ray_address,
-        progress=TqdmProgress() if show_progress else None,
+        stages=stages, rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine,
+        ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
         warn=lambda message: click.echo(f"warning: {message}", err=True),
     )
     if as_json:
@@ -213,7 +216,7 @@ def info(cache, as_json):
         click.echo(
             f"{os.path.basename(row['cache_file'])}  backbone={row['backbone']} weights={row['weights'][:23]} "
             f"dtype={row['dtype']} input={'x'.join(map(str, row['input_size']))} features={shape} "
-            f"store={row['store']} augment={row['augment']} "
+            f"store={row['store']} augment={row['augment']} stages={'yes' if row['stage_width'] else 'no'} "
             f"images={row['images']} size={row['bytes'] / 1e6:.1f} MB"
         )
     for message in broken:
@@ -285,7 +288,7 @@ def print_training_result(result: dict, as_json: bool) -> None:
 @main.command("train-head", short_help="Train a dense softmax head on cached features.")
 @cache_selection
 @training_options
-@click.option("--pooling", default="flatten", show_default=True, type=click.Choice(POOLINGS),
+@click.option("--pooling", default="flatten", show_default=True, type=click.Choice(("flatten", *POOLED)),
               help="flatten = the study's Flatten → Dense; avg/max pool each feature map first.")
 @click.option("--stream/--in-memory", default=None,
               help="Stream features from HDF5 instead of loading them [auto: stream if they exceed half the free RAM].")
@@ -369,8 +372,8 @@ def train_cnn(cache, backbone, weights, dtype, key, exclude, optimizer, learning
 @click.option("--features", default="resnet50", show_default=True,
               help="A backbone present in --cache (pooled features), or 'classic' (SIFT bag of visual words).")
 @click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder.")
-@click.option("--pooling", default="avg", show_default=True, type=click.Choice(POOLED),
-              help="How backbone feature maps become vectors.")
+@click.option("--pooling", default="avg", show_default=True, type=click.Choice(VECTOR_POOLINGS),
+              help="Which stored pooled vectors the SVM sees ('stages': a cache made with extract --stages).")
 @click.option("--data", default=None, type=click.Path(file_okay=False),
               help="Image folder, for 'classic' [default: the one recorded in the cache].")
 @click.option("--image-size", type=SizeType(), default="512x384", show_default=True, help="Image size for SIFT.")
@@ -410,8 +413,9 @@ def train_svm(features, cache, pooling, data, image_size, vocabulary_size, backb
 @click.option("--head", "heads", multiple=True, type=click.Choice(HEADS),
               help=f"Head(s) to evaluate; repeat for several [default: {DEFAULT_HEAD}, the best in BENCHMARKS.md].")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2), help="Outer folds.")
-@click.option("--pooling", default="avg+max", show_default=True, type=click.Choice(["avg", "max", "avg+max"]),
-              help="Pooled vectors the heads see (read from the stored pooled side data).")
+@click.option("--pooling", default="avg+max", show_default=True, type=click.Choice(VECTOR_POOLINGS),
+              help="Pooled vectors the heads see, read from the stored pooled side data ('stages': the avg-pooled "
+                   "output of every stage of the backbone, stored by extract --stages).")
 @click.option("--balanced", type=click.IntRange(1), default=None, help="Evaluate on N images per class (the study: 127).")
 @click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Leave out the images of an exclusion list (featurebank audit --write-exclude).")

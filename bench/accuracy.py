@@ -2,9 +2,9 @@
 
     python bench/accuracy.py --cache CACHE [--data ../shared/datasets/trashnet] [--folds 5] [--write BENCHMARKS.md]
 
-Needs the caches first (pooled vectors are enough):
-    featurebank extract --backbone efficientnet-lite0 --store pooled --data DATA --cache CACHE   (also lite1, lite2,
-    and efficientnet-lite0 --augment hflip-mean for the flip row)
+Needs the caches first (pooled vectors and stage vectors are enough):
+    featurebank extract --backbone efficientnet-lite0 --store pooled --stages --data DATA --cache CACHE   (also
+    lite1 and lite2; and efficientnet-lite0 --store pooled --augment hflip-mean for the flip rows)
 
 Every row is `classifiers.evaluate.cross_validate` (the code behind `featurebank evaluate`): stratified
 folds, each head tuned by inner CV on the training folds only. Each backbone's extraction cost per
@@ -23,6 +23,7 @@ from common import TRASHNET, machine
 
 import featurebank
 from classifiers.evaluate import cross_validate
+from featurebank.backbones import get_backbone
 from featurebank.embed import Embedder
 from featurebank.images import decode_many
 from featurebank.scan import scan_folder
@@ -33,15 +34,18 @@ ROWS = [  # (backbones joined by '+', pooling, head)
     ("efficientnet-lite2", "avg", "svm"), ("efficientnet-lite0+efficientnet-lite1+efficientnet-lite2", "avg", "svm"),
     ("efficientnet-lite0:hflip-mean", "avg", "svm"),
     ("efficientnet-lite0:hflip-mean+efficientnet-lite1+efficientnet-lite2", "avg", "svm"),
+    ("efficientnet-lite0", "avg+stages", "svm"), ("efficientnet-lite1", "avg+stages", "svm"),
+    ("efficientnet-lite2", "avg+stages", "svm"),
+    ("efficientnet-lite0+efficientnet-lite1+efficientnet-lite2", "avg+stages", "svm"),
 ]
 MARKERS = ("<!-- bench/accuracy.py:start -->", "<!-- bench/accuracy.py:end -->")
 
 
-def seconds_per_image(name: str, data: Path) -> float:
+def seconds_per_image(name: str, data: Path, *, stages: bool) -> float:
     """Decode + forward + pooling per image on this machine, 32 photos after a warm-up batch of 8."""
     backbone, _, augment = name.partition(":")
     manifest = {"backbone": backbone, "input_size": [512, 384], "dtype": "float16", "augment": augment or "none",
-                "store": "pooled"}
+                "store": "pooled", "stages": list(get_backbone(backbone).stages) if stages else []}
     embedder = Embedder.for_manifest(manifest, weights="imagenet", batch_size=8)
     paths = [s.path for s in scan_folder(data).samples[::60][:40]]
     embedder(decode_many(paths[:8], (512, 384))[0])
@@ -69,9 +73,10 @@ def main() -> None:
     for number, (backbones, pooling, head) in enumerate(ROWS, start=1):
         if args.only and number not in args.only:
             continue
+        stages = "stages" in pooling.split("+")
         for name in backbones.split("+"):
-            if name not in cost:
-                cost[name] = seconds_per_image(name, args.data)
+            if (name, stages) not in cost:
+                cost[name, stages] = seconds_per_image(name, args.data, stages=stages)
         started = time.perf_counter()
         full = cross_validate(featurebank.load(args.cache, backbones, pooling=pooling), head, folds=args.folds)
         few = None
@@ -83,7 +88,7 @@ def main() -> None:
                 f"{100 * full['accuracy_mean']:.1f} ± {100 * full['accuracy_std']:.1f} | "
                 f"{100 * full['macro_f1_mean']:.1f} | "
                 f"{balanced_text} | "
-                f"{sum(cost[n] for n in backbones.split('+')):.2f} |")
+                f"{sum(cost[n, stages] for n in backbones.split('+')):.2f} |")
         lines.append(line)
         print(line, f"({time.perf_counter() - started:.0f} s)", flush=True)
     table = "\n".join(lines)

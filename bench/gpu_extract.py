@@ -33,7 +33,7 @@ import featurebank
 from featurebank.embed import Embedder
 from featurebank.extraction import resolve_manifest
 from featurebank.backbones import get_backbone
-from featurebank.cache import configure_compression
+from featurebank.cache import configure_array_pool
 from featurebank.images import decoded_batches, load_image
 from featurebank.index import FeatureStore
 from featurebank.sizing import choose_sizes
@@ -95,7 +95,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
     sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size)
-    configure_compression(sizes.compression_workers, low_priority=not sizes.accelerated)
+    configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
     args.batch_size = sizes.batch_size
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,

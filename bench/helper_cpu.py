@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from common import TRASHNET
 
-from featurebank.cache import ShardWriter, configure_compression
+from featurebank.cache import ShardWriter, configure_array_pool
 from featurebank.images import load_image
 from featurebank.scan import scan_folder
 
@@ -52,7 +52,7 @@ def measure_decode(data: Path, images: int, size: tuple[int, int]) -> dict:
 
 
 def measure_write(folder: Path, shape: tuple[int, ...], compression: str, shards: int) -> dict:
-    configure_compression(2, low_priority=False)
+    configure_array_pool(2, low_priority=False)
     maps = np.random.default_rng(0).standard_normal((BATCH, *shape)).astype(np.float16)
     pooled = {p: np.zeros((BATCH, shape[-1]), np.float32) for p in ("avg", "max")}
     writer = ShardWriter(folder, feature_shape=shape, dtype="float16", compression=compression, shard_size=SHARD,

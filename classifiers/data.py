@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import featurebank
+from featurebank.cache import STAGES
 from featurebank.errors import CacheError
+from featurebank.load import VECTOR_POOLINGS
 from featurebank.splits import SPLIT_NAMES
 
 
@@ -22,7 +24,7 @@ class SplitData:
     cache_file: str
     manifest: dict
     attrs: dict
-    feature_pooling: str | None  # pooling applied when loading ('avg', 'max') or None (maps kept)
+    feature_pooling: str | None  # vector pooling applied when loading ('avg', 'avg+stages', ...) or None (maps kept)
     streamed: bool
 
 
@@ -44,12 +46,13 @@ def memory_budget() -> int:
 def load_splits(cache="cache", backbone: str = "resnet50", *, pooling: str = "flatten", balanced: int | None = None,
                 weights: str | None = None, dtype: str | None = None, key: str | None = None,
                 stream: bool | None = None, exclude=None) -> SplitData:
-    """Features of the cache's stored train/val/test splits, pooled at load time for 'avg'/'max'.
+    """Features of the cache's stored train/val/test splits; vector poolings ('avg', 'avg+stages', ...) at load time.
 
     ``stream=None`` streams from HDF5 only when the features would take more than ``memory_budget()``.
     """
-    load_pooling = pooling if pooling in ("avg", "max") else None
-    path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key) \
+    load_pooling = pooling if pooling in VECTOR_POOLINGS else None
+    path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key,
+                                  stages=STAGES in (load_pooling or "").split("+")) \
         if not str(cache).endswith(".h5") else cache
     everything = featurebank.load(path, pooling=load_pooling, balanced=balanced, exclude=exclude, lazy=True)
     if stream is None:

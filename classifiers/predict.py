@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers.runs import read_run, verify_file
-from featurebank.cache import POOLED
+from featurebank.rows import VECTOR_POOLINGS, stored_vectors
 from featurebank.embed import Embedder, embed_files
 from featurebank.errors import ModelFileError
 from featurebank.images import decoded_batches
@@ -96,7 +96,8 @@ def _model_and_batches(run_dir: Path, config: dict, paths: list[Path], *, weight
         proba = load_checked_model(run_dir).predict_proba
     embedded = embed_files(paths, lambda p: p, embedder, input_size=tuple(manifest["input_size"]),
                            batch_size=batch_size, failures=failures)
-    inputs = ((batch, e.pooled[pooling] if pooling in POOLED else e.maps.astype(np.float32)) for batch, e in embedded)
+    inputs = ((batch, stored_vectors(e.pooled, pooling) if pooling in VECTOR_POOLINGS else e.maps.astype(np.float32))
+              for batch, e in embedded)
     return proba, inputs
 
 

@@ -35,6 +35,7 @@ class Backbone:
     weights_values: tuple[str, ...] = ("imagenet", "none")  # besides a local PATH
     requires: str = ""  # pip extra needed, if any
     library: str = "keras"  # whose version is recorded in the manifest
+    stages: tuple[tuple[str, int], ...] = ()  # (layer, channels) of each stage's last layer, for extract --stages
 
     def output_shape(self, input_size: tuple[int, int] | None = None) -> tuple[int, int, int]:
         height, width = input_size or self.input_size

@@ -37,6 +37,7 @@ COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
 DTYPES = ("float16", "float32")
 STORES = ("maps", "pooled")  # maps: feature maps + pooled vectors; pooled: pooled vectors only
 POOLED = ("avg", "max")  # pooled side data stored beside every map, as datasets pooled_<name>
+STAGES = "stages"  # optional pooled side data (extract --stages): avg-pooled outputs of the backbone's stages
 STR_DTYPE = h5py.string_dtype("utf-8")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -50,12 +51,13 @@ def library_version(name: str) -> str:
 
 def make_manifest(
     *, backbone: str, weights: str, input_size: tuple[int, int], preprocessing: str, layer: str,
-    dtype: str, library: str, store: str = "maps", augment: str = "none",
+    dtype: str, library: str, store: str = "maps", augment: str = "none", stages: tuple[tuple[str, int], ...] = (),
 ) -> dict:
     """Everything that determines the stored numbers; its hash is the cache key.
 
-    ``store`` and ``augment`` enter the manifest only when they differ from the defaults, so caches
-    made before they existed keep their keys.
+    ``store``, ``augment`` and ``stages`` ((layer, channels) of each stage whose avg-pooled output
+    is stored) enter the manifest only when they differ from the defaults, so caches made before
+    they existed keep their keys.
     """
     manifest = {
         "format": FORMAT_VERSION,
@@ -72,7 +74,14 @@ def make_manifest(
         manifest["store"] = store
     if augment != "none":
         manifest["augment"] = augment
+    if stages:
+        manifest["stages"] = [[str(layer), int(channels)] for layer, channels in stages]
     return manifest
+
+
+def stage_width(manifest: dict) -> int:
+    """Length of a cache's stored stage vector (0 when it stores none)."""
+    return sum(int(channels) for _, channels in manifest.get("stages", ()))
 
 
 def cache_key(manifest: dict) -> str:
@@ -105,7 +114,7 @@ def zstd_frames(rows: np.ndarray) -> list[bytes]:
     """
     if len(rows) < 2:
         return [_compressor().compress(row.tobytes()) for row in rows]
-    return list(_compression_pool().map(lambda row: _compressor().compress(row.tobytes()), rows))
+    return list(_array_pool().map(lambda row: _compressor().compress(row.tobytes()), rows))
 
 
 _POOL = None
@@ -113,8 +122,11 @@ _POOL_SETTINGS: tuple[int, bool] = (0, False)  # (threads, low priority) the poo
 _LOCAL = threading.local()
 
 
-def configure_compression(workers: int, *, low_priority: bool = False) -> None:
-    """Size the compression pool (``featurebank.sizing`` chooses it); low priority yields cores to a backbone."""
+def configure_array_pool(workers: int, *, low_priority: bool = False) -> None:
+    """Size the array-work pool (zstd frames, load's casts); extraction sizes it by ``featurebank.sizing``.
+
+    Low priority yields the cores to a backbone running on them.
+    """
     global _POOL, _POOL_SETTINGS
     if (max(1, workers), low_priority) != _POOL_SETTINGS and _POOL is not None:
         _POOL.shutdown(wait=True)
@@ -128,7 +140,7 @@ def in_parallel(work, items: list) -> None:
     For array work that releases the GIL: numpy's float16 → float32 casts when ``load()`` fills
     a table of maps run at twice the speed on 2 cores (BENCHMARKS.md).
     """
-    pool = _compression_pool()
+    pool = _array_pool()
     parts = [items[i::_POOL_SETTINGS[0]] for i in range(_POOL_SETTINGS[0])]
     if len(items) < 2 * len(parts):
         work(items)
@@ -137,7 +149,7 @@ def in_parallel(work, items: list) -> None:
         done.result()
 
 
-def _compression_pool():
+def _array_pool():
     """The threads for array work that releases the GIL: zstd at extraction, casts at load."""
     global _POOL, _POOL_SETTINGS
     if _POOL is None:
@@ -148,7 +160,7 @@ def _compression_pool():
 
         workers, low = _POOL_SETTINGS if _POOL_SETTINGS[0] else (usable_cores(), False)
         _POOL_SETTINGS = (workers, low)
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-zstd",
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-array",
                                    initializer=lower_thread_priority if low else None)
     return _POOL
 
@@ -202,7 +214,7 @@ def open_shard(path: Path) -> h5py.File:
         raise ShardDamaged(str(exc).splitlines()[0][:200]) from None
     try:
         count = len(fh["sha256"])
-        for name in ("paths", *(f"pooled_{p}" for p in POOLED if f"pooled_{p}" in fh), *(["features"] if "features" in fh else [])):
+        for name in ("paths", *(n for n in fh if n.startswith("pooled_")), *(["features"] if "features" in fh else [])):
             if fh[name].shape[0] != count:
                 raise ShardDamaged(f"{name} has {fh[name].shape[0]} rows, sha256 has {count}")
     except KeyError as exc:
@@ -239,6 +251,7 @@ class ShardWriter:
         # Shards skip the page cache (featurebank/files.py); a full shard's maps, uncompressed, plus room for the rest.
         self._memory = MemoryFile(direct=True, expected_bytes=shard_size * (map_bytes + (16 << 10)) + (1 << 20))
         self._rows: dict[str, list] = {}
+        self._pooled: dict[str, list] = {}  # name → float32 blocks: avg and max, and stages where stored
 
     def _open(self) -> None:
         self._file = self._memory.new_h5()
@@ -247,7 +260,8 @@ class ShardWriter:
                 "features", shape=(0, *self.feature_shape), maxshape=(None, *self.feature_shape),
                 dtype=self.dtype, chunks=(1, *self.feature_shape), **self.options,
             )
-        self._rows = {"sha256": [], "paths": [], "labels": [], "split": [], **{p: [] for p in POOLED}}
+        self._rows = {"sha256": [], "paths": [], "labels": [], "split": []}
+        self._pooled = {}
 
     def write(self, maps: np.ndarray | None, pooled: dict[str, np.ndarray], sha256s: list[str], relpaths: list[str],
               labels: list[int], splits: list[str]) -> list[tuple[str, str, int]]:
@@ -270,8 +284,8 @@ class ShardWriter:
                     ds[n : n + take] = rows
             for name, values in (("sha256", sha256s), ("paths", relpaths), ("labels", labels), ("split", splits)):
                 self._rows[name].extend(values[part])
-            for name in POOLED:
-                self._rows[name].append(np.asarray(pooled[name][part], dtype=np.float32))
+            for name, vectors in pooled.items():  # avg and max, and stages where the cache stores them
+                self._pooled.setdefault(name, []).append(np.asarray(vectors[part], dtype=np.float32))
             offset += take
             if len(self._rows["sha256"]) >= self.shard_size:
                 committed.extend(self._commit())
@@ -283,13 +297,13 @@ class ShardWriter:
     def _commit(self) -> list[tuple[str, str, int]]:
         assert self._file is not None
         name = f"{self.run_id}-{self.sequence:05d}.h5"
-        fh, self._file, rows = self._file, None, self._rows
+        fh, self._file, rows, pooled = self._file, None, self._rows, self._pooled
         fh.create_dataset("sha256", data=np.array(rows["sha256"], dtype="S64"))
         fh.create_dataset("paths", data=rows["paths"], dtype=STR_DTYPE)
         fh.create_dataset("labels", data=np.array(rows["labels"], dtype=np.int64))
         fh.create_dataset("split", data=np.array(rows["split"], dtype="S5"))
-        for pooling in POOLED:
-            fh.create_dataset(f"pooled_{pooling}", data=np.concatenate(rows[pooling]))
+        for pooling, parts in pooled.items():
+            fh.create_dataset(f"pooled_{pooling}", data=np.concatenate(parts))
         fh.attrs["key"] = self.key
         fh.attrs["classes"] = json.dumps(self.classes)
         fh.attrs["feature_shape"] = list(self.feature_shape)

@@ -3,7 +3,7 @@
 Extraction, predict and the audit all call it, so a photo gets exactly the numbers the cache
 would hold for it. ``Embedder`` wraps a backbone's feature function with the cache's augmentation
 (``hflip-mean``: the mean of the image's and its mirror image's maps), the cast to the stored
-dtype and the pooled side data. A feature function that can do those steps on its device itself
+dtype and the pooled side data (avg and max; the stage vectors when the cache stores them). A feature function that can do those steps on its device itself
 (``embed(images, dtype)``, see torch_backbones.py) is used that way, so only the stored bytes
 come back to the host.
 """
@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from featurebank.backbones import Backbone, get_backbone
-from featurebank.cache import POOLED, pooled_vectors
+from featurebank.cache import POOLED, STAGES, pooled_vectors
 from featurebank.errors import InvalidArgument
 from featurebank.images import decoded_batches
 
@@ -37,13 +37,18 @@ class Embedded:
 class Embedder:
     """uint8 (n, H, W, 3) → Embedded, as the cache described by ``manifest`` stores it."""
 
-    def __init__(self, function: Callable, *, dtype: str, augment: str = "none", keep_maps: bool = True):
+    def __init__(self, function: Callable, *, dtype: str, augment: str = "none", keep_maps: bool = True,
+                 stages: bool = False):
         if augment not in AUGMENTS:
             raise InvalidArgument(f"augment must be one of {', '.join(AUGMENTS)}; received {augment!r}")
+        if stages and (augment != "none" or not getattr(function, "stage_layers", ())):
+            raise InvalidArgument("stage vectors (--stages) need a backbone that defines stages "
+                                  f"({', '.join(stage_backbones())}) and --augment none")
         self.function = function
         self.dtype = np.dtype(dtype)
         self.augment = augment
         self.keep_maps = keep_maps
+        self.stages = stages
 
     @classmethod
     def for_manifest(cls, manifest: dict, *, weights: str, batch_size: int,
@@ -51,9 +56,11 @@ class Embedder:
         spec = spec or get_backbone(manifest["backbone"])
         function = spec.build(weights, tuple(manifest["input_size"]), batch_size)
         return cls(function, dtype=manifest["dtype"], augment=manifest.get("augment", "none"),
-                   keep_maps=manifest.get("store", "maps") == "maps")
+                   keep_maps=manifest.get("store", "maps") == "maps", stages=bool(manifest.get("stages")))
 
     def _maps(self, images: np.ndarray):
+        if self.stages:
+            return self.function.embed(images, self.dtype, stages=True)
         if hasattr(self.function, "embed") and self.augment == "none":
             return self.function.embed(images, self.dtype)  # (stored maps, pooled) computed on the device
         maps = np.asarray(self.function(images), dtype=np.float32)
@@ -63,7 +70,15 @@ class Embedder:
 
     def __call__(self, images: np.ndarray) -> Embedded:
         maps, pooled = self._maps(images)
-        return Embedded(maps if self.keep_maps else None, {p: pooled[p] for p in POOLED})
+        names = (*POOLED, STAGES) if self.stages else POOLED
+        return Embedded(maps if self.keep_maps else None, {p: pooled[p] for p in names})
+
+
+def stage_backbones() -> list[str]:
+    """Names of the registered backbones that define stages (the ones ``extract --stages`` works with)."""
+    from featurebank.backbones import available_backbones
+
+    return [b.name for b in available_backbones() if b.stages]
 
 
 def embed_files(items: Iterable[T], path_of: Callable[[T], str | Path], embedder: Embedder, *,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.backbones import Backbone, get_backbone, weights_identity
-from featurebank.cache import DTYPES, STORES, configure_compression, describe_os_error, make_manifest
+from featurebank.cache import DTYPES, STORES, configure_array_pool, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
-from featurebank.embed import AUGMENTS, Embedder, embed_files
+from featurebank.embed import AUGMENTS, Embedder, embed_files, stage_backbones
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import lower_thread_priority
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
@@ -77,14 +77,19 @@ class Progress:
 
 
 def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str, store: str = "maps",
-                     augment: str = "none") -> dict:
+                     augment: str = "none", stages: bool = False) -> dict:
     for name, value, allowed in (("dtype", dtype, DTYPES), ("store", store, STORES), ("augment", augment, AUGMENTS)):
         if value not in allowed:
             raise InvalidArgument(f"{name} must be one of {', '.join(allowed)}; received {value!r}")
+    if stages and not backbone.stages:
+        raise InvalidArgument(f"--stages: {backbone.name} defines no stages; use one of {', '.join(stage_backbones())}")
+    if stages and augment != "none":
+        raise InvalidArgument("--stages cannot be combined with --augment (the stage vectors of a mirrored image "
+                              "are not computed)")
     return make_manifest(
         backbone=backbone.name, weights=weights_identity(weights, backbone), input_size=input_size,
         preprocessing=backbone.preprocessing, layer=backbone.layer, dtype=dtype,
-        library=backbone.library, store=store, augment=augment,
+        library=backbone.library, store=store, augment=augment, stages=backbone.stages if stages else (),
     )
 
 
@@ -131,13 +136,13 @@ class ExtractionPlan:
 
 def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, input_size, split_seed: int,
                     split_fractions, balanced: int | None, store: str = "maps", augment: str = "none",
-                    rebuild: bool = False, rehash: bool = False, verify: bool = False, exclude=None,
-                    warn=None) -> ExtractionPlan:
+                    stages: bool = False, rebuild: bool = False, rehash: bool = False, verify: bool = False,
+                    exclude=None, warn=None) -> ExtractionPlan:
     """Scan ``data`` (hashing only files whose size, time or inode changed) and read what the cache holds."""
     spec = get_backbone(backbone)
     size = tuple(input_size or spec.input_size)
     feature_store = FeatureStore(cache, resolve_manifest(spec, weights=weights, input_size=size, dtype=dtype,
-                                                         store=store, augment=augment))
+                                                         store=store, augment=augment, stages=stages))
     if rebuild:
         feature_store.remove()
     feature_store.prepare()
@@ -193,6 +198,7 @@ def extract(
     decode_workers: int | None = None,
     store: str = "maps",
     augment: str = "none",
+    stages: bool = False,
     rebuild: bool = False,
     exclude: str | os.PathLike | None = None,
     rehash: bool = False,
@@ -208,6 +214,8 @@ def extract(
     Returns an ExtractReport; files that are not usable images are listed in ``report.skipped``
     with the reason, and never stop the run. Several processes may run this on the same cache at
     once: they split the work by claims, and each image is computed once between them.
+    ``stages=True`` also stores the avg-pooled output of each stage of the backbone (``pooled_stages``;
+    ``load(pooling='avg+stages')``), in a cache of its own key.
     ``engine='ray'`` runs the same extraction on a Ray cluster (``ray_address``; a local one if None).
     ``batch_size`` and ``decode_workers`` left as None are chosen from the device and the cores
     (featurebank/sizing.py); ``report.sizes`` says what ran.
@@ -215,8 +223,8 @@ def extract(
     started = time.perf_counter()
     plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
                            input_size=input_size, split_seed=split_seed, split_fractions=split_fractions,
-                           balanced=balanced, store=store, augment=augment, rebuild=rebuild, rehash=rehash,
-                           verify=verify, exclude=exclude, warn=warn)
+                           balanced=balanced, store=store, augment=augment, stages=stages, rebuild=rebuild,
+                           rehash=rehash, verify=verify, exclude=exclude, warn=warn)
     feature_store, todo = plan.store, plan.todo
     if engine not in ENGINES:
         raise InvalidArgument(f"engine must be one of {', '.join(ENGINES)}; received {engine!r}")
@@ -251,7 +259,7 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     progress = progress or Progress()
     sizes = choose_sizes(plan.spec.library, compression=compression, batch_size=batch_size,
                          decode_workers=decode_workers)
-    configure_compression(sizes.compression_workers, low_priority=not sizes.accelerated)
+    configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
     batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
     progress.engine(sizes)
     embed = LazyEmbedder(lambda: Embedder.for_manifest(plan.store.manifest, weights=weights, batch_size=batch_size,

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import POOLED, cache_key, describe_os_error
+from featurebank.cache import STAGES, cache_key, describe_os_error, stage_width
 from featurebank.errors import AmbiguousCacheError, CacheError, InvalidArgument
 from featurebank.index_view import IndexView, find_indexes, read_view
-from featurebank.rows import POOLINGS, LazyFeatures, ShardReader, pool_features
+from featurebank.rows import POOLINGS, VECTOR_POOLINGS, LazyFeatures, ShardReader
 from featurebank.splits import SPLIT_NAMES, balanced_subset
 
-__all__ = ["POOLINGS", "FeatureSet", "LazyFeatures", "describe_index", "find_cache", "load", "read_exclusions"]
+__all__ = ["POOLINGS", "VECTOR_POOLINGS", "FeatureSet", "LazyFeatures", "describe_index", "find_cache", "load", "read_exclusions"]
 
 
 @dataclass
@@ -60,7 +60,7 @@ def describe_index(path: Path) -> dict:
         "cache_file": str(path), "key": cache_key(manifest), "backbone": manifest["backbone"],
         "weights": manifest["weights"], "dtype": manifest["dtype"], "input_size": manifest["input_size"],
         "feature_shape": feature_shape_of(view), "store": manifest.get("store", "maps"),
-        "augment": manifest.get("augment", "none"), "images": len(view.paths), "classes": view.classes,
+        "augment": manifest.get("augment", "none"), "stage_width": stage_width(manifest), "images": len(view.paths), "classes": view.classes,
         "bytes": (path.stat().st_size if path.exists() else 0) + shard_bytes, "versions": manifest.get("versions", {}),
     }
 
@@ -101,8 +101,12 @@ def find_cache(
     key: str | None = None,
     input_size: tuple[int, int] | None = None,
     augment: str | None = None,
+    stages: bool = False,
 ) -> Path:
-    """The one index in ``cache`` that matches; a clear error when none or several do."""
+    """The one index in ``cache`` that matches; a clear error when none or several do.
+
+    ``stages``: only caches that store stage vectors (``extract --stages``) match.
+    """
     candidates = []
     for path in find_indexes(cache):
         try:
@@ -121,10 +125,13 @@ def find_cache(
             continue
         if not key and info["augment"] != (augment or "none"):  # augmented caches are asked for by name
             continue
+        if stages and not key and not info["stage_width"]:  # a cache named by key is checked by load()
+            continue
         candidates.append(info)
     if not candidates:
         wanted = ", ".join(f"{k}={v}" for k, v in [("backbone", backbone), ("weights", weights), ("dtype", dtype),
-                                                     ("key", key), ("input_size", input_size), ("augment", augment)]
+                                                     ("key", key), ("input_size", input_size), ("augment", augment),
+                                                     ("stage vectors", "stored (extract --stages)" if stages else None)]
                            if v)
         present = [f"{p.name}" for p in find_indexes(cache)]
         raise CacheError(
@@ -135,7 +142,8 @@ def find_cache(
     if len(candidates) > 1:
         lines = "; ".join(
             f"{Path(c['cache_file']).name}: weights={c['weights'][:20]} dtype={c['dtype']} "
-            f"input_size={'x'.join(map(str, c['input_size']))} augment={c['augment']} images={c['images']}"
+            f"input_size={'x'.join(map(str, c['input_size']))} augment={c['augment']} "
+            f"stages={'yes' if c['stage_width'] else 'no'} images={c['images']}"
             for c in candidates
         )
         raise AmbiguousCacheError(
@@ -169,7 +177,9 @@ def load(
     backbone : which backbone's cache; ``weights``, ``dtype``, ``input_size`` or ``key`` pick
         among several caches of the same backbone.
     split : 'train', 'val' or 'test' to keep only that split; None keeps all images.
-    pooling : None for the stored (N, h, w, c) maps, 'avg' or 'max' for (N, c), 'flatten' for (N, h*w*c).
+    pooling : None for the stored (N, h, w, c) maps, 'avg' or 'max' for (N, c), 'flatten' for (N, h*w*c);
+        'stages' for the stored stage vectors (a cache made with ``extract --stages``), and
+        'avg+max', 'avg+stages', 'avg+max+stages' for those side by side.
     balanced : keep this many images per class (chosen by content hash, as ``extract --balanced``).
     exclude : an exclusion list (``featurebank audit --write-exclude``): images whose content hash
         it lists are left out. No file is deleted or moved.
@@ -188,10 +198,13 @@ def load(
                            balanced=balanced, exclude=exclude)
     if split is not None and split not in SPLIT_NAMES:
         raise InvalidArgument(f"split must be None or one of {', '.join(SPLIT_NAMES)}; received {split!r}")
-    pool_features(np.zeros((1, 1, 1, 1), np.float32), pooling)  # validates pooling
+    if pooling is not None and pooling not in POOLINGS:
+        raise InvalidArgument(f"pooling must be None or one of {', '.join(POOLINGS)}; received {pooling!r}")
+    wants_stages = pooling is not None and STAGES in pooling.split("+")
     path = Path(cache).expanduser()
     if path.suffix != ".h5":
-        path = find_cache(path, backbone, weights=weights, dtype=dtype, key=key, input_size=input_size, augment=augment)
+        path = find_cache(path, backbone, weights=weights, dtype=dtype, key=key, input_size=input_size, augment=augment,
+                          stages=wants_stages)
     view = read_view(path)
     labels, paths, digests, splits, attrs = view.labels, view.paths, view.sha256, view.split, view.attrs
     classes, manifest = view.classes, view.manifest
@@ -204,12 +217,16 @@ def load(
         keep &= balanced_subset(digests, labels, balanced, seed=int(attrs.get("split_seed", 0)))
     rows = np.flatnonzero(keep)
     shape = feature_shape_of(view)
-    if manifest.get("store", "maps") == "pooled" and pooling not in (*POOLED, "avg+max"):
+    if manifest.get("store", "maps") == "pooled" and pooling not in VECTOR_POOLINGS:
         raise CacheError(f"{path}: this cache stores pooled vectors only (extract --store pooled); ask for "
                          "pooling='avg' or 'max'")
+    if wants_stages and not stage_width(manifest):
+        raise CacheError(f"{path}: this cache stores no stage vectors; extract again with --stages, or ask for "
+                         "pooling='avg', 'max' or 'avg+max'")
     if not shape:
         shape = (1, 1, _channels(view))
-    features = LazyFeatures(view.shard_dir, view.shards, view.shard[rows], view.row[rows], pooling, shape)
+    features = LazyFeatures(view.shard_dir, view.shards, view.shard[rows], view.row[rows], pooling, shape,
+                            stage_width=stage_width(manifest))
     X = features if lazy else np.asarray(features)
     if not lazy:
         features.close()
@@ -234,10 +251,11 @@ def load_joined(cache, backbones: list[str], *, split: str | None = None, poolin
 
     Rows follow the first backbone's cache; an image that another cache lacks is left out and
     reported in ``missing`` (backbone → paths), never dropped silently. Maps of different backbones
-    rarely share a shape, so ``pooling`` must pool ('avg', 'max' or 'avg+max').
+    rarely share a shape, so ``pooling`` must be one of the vector poolings ('avg', 'avg+stages', ...).
     """
-    if pooling not in (*POOLED, "avg+max"):
-        raise InvalidArgument(f"joined backbones need pooling 'avg', 'max' or 'avg+max'; received {pooling!r}")
+    if pooling not in VECTOR_POOLINGS:
+        raise InvalidArgument(f"joined backbones need one of the poolings {', '.join(VECTOR_POOLINGS)}; "
+                              f"received {pooling!r}")
     parts = [load(cache, name, split, pooling, weights=weights, dtype=dtype, balanced=balanced, exclude=exclude)
              for name in backbones]
     first = parts[0]

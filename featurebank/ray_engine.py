@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import POOLED
 from featurebank.errors import CacheError, FeaturebankError
 from featurebank.scan import Skipped
 from featurebank.sizing import default_batch_size
@@ -82,7 +81,7 @@ class EmbedActor:
                 maps = np.zeros((len(ok), *embedded.maps.shape[1:]), embedded.maps.dtype)
                 maps[ok] = embedded.maps
                 out["maps"] = maps
-            for name in POOLED:
+            for name in embedded.pooled:  # avg and max, and stages where the cache stores them
                 vectors = np.zeros((len(ok), embedded.pooled[name].shape[1]), np.float32)
                 vectors[ok] = embedded.pooled[name]
                 out[f"pooled_{name}"] = vectors
@@ -123,7 +122,8 @@ def _shard_datasink(base):
                                                      compression=self.compression, shard_size=self.shard_size,
                                                      classes=self.classes)
                     writer.run_id = f"ray-{self.write_id}-t{ctx.task_idx:05d}"  # a retried task replaces its shards
-                writer.write(maps, {p: columns[f"pooled_{p}"][ok] for p in POOLED},
+                pooled = {c.removeprefix("pooled_"): v[ok] for c, v in columns.items() if c.startswith("pooled_")}
+                writer.write(maps, pooled,
                              [str(d) for d in columns["sha256"][ok]], [str(p) for p in columns["relpath"][ok]],
                              [int(v) for v in columns["label"][ok]], [str(s) for s in columns["split"][ok]])
                 stored += int(ok.sum())

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import POOLED, ShardDamaged, describe_os_error, in_parallel, open_shard, pooled_vectors
+from featurebank.cache import POOLED, STAGES, ShardDamaged, describe_os_error, in_parallel, open_shard, pooled_vectors
 from featurebank.errors import CacheError, InvalidArgument
 
-POOLINGS = ("flatten", "avg", "max", "avg+max")
+POOLINGS = ("flatten", "avg", "max", "avg+max", "stages", "avg+stages", "avg+max+stages")
+VECTOR_POOLINGS = POOLINGS[1:]  # read from the stored pooled side data, never from the maps
 ARRAY_ALIGNMENT = 64  # bytes: what TensorFlow needs to use a numpy array's memory without copying it (DLPack)
 
 
@@ -34,9 +35,25 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
 
 
+def stored_vectors(pooled: dict[str, np.ndarray], pooling: str) -> np.ndarray:
+    """The vectors of a pooling such as 'avg+stages' from pooled side data ({name: (n, width)}), side by side."""
+    return np.concatenate([np.asarray(pooled[name], np.float32) for name in pooling.split("+")], axis=1)
+
+
+def vector_width(pooling: str, channels: int, stages: int) -> int:
+    """Length of a vector pooling's vectors, given the maps' channels and the stage vector's length."""
+    return sum(stages if name == STAGES else channels for name in pooling.split("+"))
+
+
 def pool_features(block: np.ndarray, pooling: str | None) -> np.ndarray:
-    """Pool a (n, h, w, c) block over space ('avg', 'max', 'avg+max' concatenated), flatten it, or keep it (None)."""
+    """Pool a (n, h, w, c) block over space ('avg', 'max', 'avg+max' concatenated), flatten it, or keep it (None).
+
+    Stage vectors are not in the maps: poolings with 'stages' come from the stored side data only.
+    """
     block = np.asarray(block, dtype=np.float32)
+    if pooling in VECTOR_POOLINGS and STAGES in pooling.split("+"):
+        raise InvalidArgument(f"pooling {pooling!r} reads the stored stage vectors (extract --stages); they cannot "
+                              "be computed from feature maps")
     if pooling is None:
         return block
     if pooling in POOLED:
@@ -94,6 +111,9 @@ class ShardReader:
         """
         fh = self.file(name)
         if dataset not in fh:
+            if dataset == f"pooled_{STAGES}":
+                raise CacheError(f"{self.shard_dir / name}: this cache stores no stage vectors; extract again with "
+                                 "--stages, or ask for pooling='avg', 'max' or 'avg+max'")
             raise CacheError(f"{self.shard_dir / name}: this cache stores pooled vectors only (extract --store "
                              "pooled); ask for pooling='avg' or 'max', or extract again with --store maps")
         data = fh[dataset]
@@ -137,15 +157,17 @@ class LazyFeatures:
     """
 
     def __init__(self, shard_dir: str | os.PathLike, shards: list[str], shard: np.ndarray, row: np.ndarray,
-                 pooling: str | None, feature_shape: tuple[int, ...]):
+                 pooling: str | None, feature_shape: tuple[int, ...], stage_width: int = 0):
         self.shard_dir = str(shard_dir)
         self.shards = list(shards)
         self.shard = np.asarray(shard, dtype=np.int32)
         self.row = np.asarray(row, dtype=np.int64)
         self.pooling = pooling
         self._reader: ShardReader | None = None
-        probe = pool_features(np.zeros((1, *feature_shape), np.float32), pooling)
-        self.shape = (len(self.row), *probe.shape[1:])
+        if pooling in VECTOR_POOLINGS:
+            self.shape = (len(self.row), vector_width(pooling, feature_shape[-1], stage_width))
+        else:
+            self.shape = (len(self.row), *pool_features(np.zeros((1, *feature_shape), np.float32), pooling).shape[1:])
         self.dtype = np.dtype(np.float32)
 
     def __len__(self) -> int:
@@ -172,7 +194,7 @@ class LazyFeatures:
             return out
         if self._reader is None:
             self._reader = ShardReader(Path(self.shard_dir))
-        pooled = [f"pooled_{p}" for p in (self.pooling or "").split("+") if p in POOLED]
+        pooled = [f"pooled_{p}" for p in self.pooling.split("+")] if self.pooling in VECTOR_POOLINGS else []
         shards = self.shard[positions]
         order = np.argsort(shards, kind="stable")
         for group in np.split(order, np.flatnonzero(np.diff(shards[order])) + 1):

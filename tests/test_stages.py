@@ -119,3 +119,18 @@ def test_cli_evaluate_and_svm_predict_on_stage_vectors(stage_cache, tmp_path):
     expected = load_checked_model(run_dir).predict_proba(fs.X[:3])  # the stored vectors of the same photos
     for row, probabilities in zip(predicted, expected):
         assert list(row["probabilities"].values()) == pytest.approx(probabilities.tolist(), abs=2e-3)
+
+
+def test_stage_ablation_bench_slices_the_stored_stage_vectors(stage_cache):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    done = subprocess.run([sys.executable, "stage_ablation.py", "--cache", str(stage_cache["cache"]), "--last", "0", "1",
+                           "7", "--stages-alone", "--folds", "2"], cwd=bench, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [(r[1].strip(), int(r[2])) for r in rows] == [
+        ("avg", 1280), ("avg + last 1 stage", 1280 + 320), ("avg + last 7 stages", 1280 + 784),
+        ("all stages, no avg", 784)]

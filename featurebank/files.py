@@ -113,10 +113,9 @@ class MemoryFile:
         if capacity <= len(self._data):
             return
         capacity = -(-max(capacity, len(self._data) * 3 // 2, 1 << 20) // DIRECT_IO_ALIGNMENT) * DIRECT_IO_ALIGNMENT
-        # An anonymous mapping: page-aligned, its pages cost nothing until touched, and (unlike a large numpy
-        # array, which numpy advises for transparent huge pages) its first touch does not wait for the kernel
-        # to compact memory into huge pages, which cost ~1.4 ms per ResNet50 map on this project's VM.
-        grown = np.frombuffer(mmap.mmap(-1, capacity), np.uint8)
+        # Its pages cost nothing until touched, and their first touch does not wait for huge pages (aligned_empty):
+        # that wait cost ~1.4 ms per ResNet50 map on this project's VM.
+        grown = aligned_empty((capacity,), np.uint8)
         grown[: self._size] = self._data[: self._size]
         self._data = grown
 
@@ -195,3 +194,19 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array in an anonymous memory map of its own: page-aligned.
+
+    Why not ``np.empty``: numpy only promises 16-byte alignment, and frameworks wrap 64-byte-aligned
+    memory as a tensor without a copy (the study's Flatten head: gigabytes of maps). And numpy
+    advises large arrays for transparent huge pages, whose first touch can wait on memory
+    compaction: filling 4 GiB took 5.5–8.8 s that way on the 2-core machine, 2.6–3.3 s in a plain
+    mapping (BENCHMARKS.md).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)

@@ -3,7 +3,6 @@ aligned memory they fill (which frameworks can use without a copy)."""
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections import OrderedDict
 from functools import partial
@@ -13,26 +12,11 @@ import numpy as np
 
 from featurebank.cache import POOLED, STAGES, ShardDamaged, describe_os_error, in_parallel, open_shard, pooled_vectors
 from featurebank.errors import CacheError, InvalidArgument
+from featurebank.files import aligned_empty
 
 POOLINGS = ("flatten", "avg", "max", "avg+max", "stages", "avg+stages", "avg+max+stages")
 VECTOR_POOLINGS = POOLINGS[1:]  # read from the stored pooled side data, never from the maps
 ARRAY_ALIGNMENT = 64  # bytes: what TensorFlow needs to use a numpy array's memory without copying it (DLPack)
-
-
-def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """An uninitialised C-contiguous array in an anonymous memory map of its own: page-aligned.
-
-    Why not ``np.empty``: numpy only promises 16-byte alignment, and frameworks wrap 64-byte-aligned
-    memory as a tensor without a copy (the study's Flatten head: gigabytes of maps). And numpy
-    advises large arrays for transparent huge pages, whose first touch can wait on memory
-    compaction: filling 4 GiB took 5.5–8.8 s that way on the 2-core machine, 2.6–3.3 s in a plain
-    mapping (BENCHMARKS.md).
-    """
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes == 0:
-        return np.empty(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
 
 
 def stored_vectors(pooled: dict[str, np.ndarray], pooling: str) -> np.ndarray:

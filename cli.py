@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -167,14 +168,17 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
     recomputed; unusable files are skipped with a reason and do not stop the run.
     """
     show_progress = not quiet and sys.stderr.isatty()
-    report = featurebank.extract(
-        data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
-        input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
-        compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
-        stages=stages, rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine,
-        ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
-        warn=lambda message: click.echo(f"warning: {message}", err=True),
-    )
+    # With --json, stdout holds the one JSON object only: anything else printed meanwhile (Ray's driver
+    # relays worker errors to stdout from a thread) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        report = featurebank.extract(
+            data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
+            input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
+            compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
+            stages=stages, rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine,
+            ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
+            warn=lambda message: click.echo(f"warning: {message}", err=True),
+        )
     if as_json:
         echo_json(report.as_dict())
     if not quiet:

@@ -26,6 +26,7 @@ from classifiers.evaluate import cross_validate
 from featurebank.backbones import get_backbone
 from featurebank.embed import Embedder
 from featurebank.images import decode_many
+from featurebank.rows import uses_stages
 from featurebank.scan import scan_folder
 
 ROWS = [  # (backbones joined by '+', pooling, head)
@@ -74,7 +75,7 @@ def main() -> None:
     for number, (backbones, pooling, head) in enumerate(ROWS, start=1):
         if args.only and number not in args.only:
             continue
-        stages = "stages" in pooling.split("+")
+        stages = uses_stages(pooling)
         for name in backbones.split("+"):
             if (name, stages) not in cost:
                 cost[name, stages] = seconds_per_image(name, args.data, stages=stages)

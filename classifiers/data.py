@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import featurebank
-from featurebank.cache import STAGES
 from featurebank.errors import CacheError
 from featurebank.load import VECTOR_POOLINGS
+from featurebank.rows import uses_stages
 from featurebank.splits import SPLIT_NAMES
 
 
@@ -52,7 +52,7 @@ def load_splits(cache="cache", backbone: str = "resnet50", *, pooling: str = "fl
     """
     load_pooling = pooling if pooling in VECTOR_POOLINGS else None
     path = featurebank.find_cache(cache, backbone, weights=weights, dtype=dtype, key=key,
-                                  stages=STAGES in (load_pooling or "").split("+")) \
+                                  stages=uses_stages(load_pooling)) \
         if not str(cache).endswith(".h5") else cache
     everything = featurebank.load(path, pooling=load_pooling, balanced=balanced, exclude=exclude, lazy=True)
     if stream is None:

@@ -3,9 +3,10 @@
 Extraction, predict and the audit all call it, so a photo gets exactly the numbers the cache
 would hold for it. ``Embedder`` wraps a backbone's feature function with the cache's augmentation
 (``hflip-mean``: the mean of the image's and its mirror image's maps), the cast to the stored
-dtype and the pooled side data (avg and max; the stage vectors when the cache stores them). A feature function that can do those steps on its device itself
-(``embed(images, dtype)``, see torch_backbones.py) is used that way, so only the stored bytes
-come back to the host.
+dtype and the pooled side data (avg and max; the stage vectors when the cache stores them). A
+feature function that can do those steps on its device itself (``embed(images, dtype)``, see
+torch_backbones.py) is used that way, so only the stored bytes come back to the host. Which
+backbones can give stage vectors is checked where the manifest is made (``resolve_manifest``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ class Embedder:
                  stages: bool = False):
         if augment not in AUGMENTS:
             raise InvalidArgument(f"augment must be one of {', '.join(AUGMENTS)}; received {augment!r}")
-        if stages and (augment != "none" or not getattr(function, "stage_layers", ())):
-            raise InvalidArgument("stage vectors (--stages) need a backbone that defines stages "
-                                  f"({', '.join(stage_backbones())}) and --augment none")
         self.function = function
         self.dtype = np.dtype(dtype)
         self.augment = augment
@@ -73,12 +71,6 @@ class Embedder:
         names = (*POOLED, STAGES) if self.stages else POOLED
         return Embedded(maps if self.keep_maps else None, {p: pooled[p] for p in names})
 
-
-def stage_backbones() -> list[str]:
-    """Names of the registered backbones that define stages (the ones ``extract --stages`` works with)."""
-    from featurebank.backbones import available_backbones
-
-    return [b.name for b in available_backbones() if b.stages]
 
 
 def embed_files(items: Iterable[T], path_of: Callable[[T], str | Path], embedder: Embedder, *,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.backbones import Backbone, get_backbone, weights_identity
+from featurebank.backbones import Backbone, available_backbones, get_backbone, weights_identity
 from featurebank.cache import DTYPES, STORES, configure_array_pool, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
-from featurebank.embed import AUGMENTS, Embedder, embed_files, stage_backbones
+from featurebank.embed import AUGMENTS, Embedder, embed_files
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import lower_thread_priority
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
@@ -82,7 +82,8 @@ def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str
         if value not in allowed:
             raise InvalidArgument(f"{name} must be one of {', '.join(allowed)}; received {value!r}")
     if stages and not backbone.stages:
-        raise InvalidArgument(f"--stages: {backbone.name} defines no stages; use one of {', '.join(stage_backbones())}")
+        with_stages = ", ".join(b.name for b in available_backbones() if b.stages)
+        raise InvalidArgument(f"--stages: {backbone.name} defines no stages; use one of {with_stages}")
     if stages and augment != "none":
         raise InvalidArgument("--stages cannot be combined with --augment (the stage vectors of a mirrored image "
                               "are not computed)")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import STAGES, cache_key, describe_os_error, stage_width
+from featurebank.cache import cache_key, describe_os_error, stage_width
 from featurebank.errors import AmbiguousCacheError, CacheError, InvalidArgument
 from featurebank.index_view import IndexView, find_indexes, read_view
-from featurebank.rows import POOLINGS, VECTOR_POOLINGS, LazyFeatures, ShardReader
+from featurebank.rows import POOLINGS, VECTOR_POOLINGS, LazyFeatures, ShardReader, uses_stages
 from featurebank.splits import SPLIT_NAMES, balanced_subset
 
-__all__ = ["POOLINGS", "VECTOR_POOLINGS", "FeatureSet", "LazyFeatures", "describe_index", "find_cache", "load", "read_exclusions"]
+__all__ = ["POOLINGS", "VECTOR_POOLINGS", "FeatureSet", "LazyFeatures", "describe_index", "find_cache", "load",
+           "read_exclusions"]
 
 
 @dataclass
@@ -60,7 +61,8 @@ def describe_index(path: Path) -> dict:
         "cache_file": str(path), "key": cache_key(manifest), "backbone": manifest["backbone"],
         "weights": manifest["weights"], "dtype": manifest["dtype"], "input_size": manifest["input_size"],
         "feature_shape": feature_shape_of(view), "store": manifest.get("store", "maps"),
-        "augment": manifest.get("augment", "none"), "stage_width": stage_width(manifest), "images": len(view.paths), "classes": view.classes,
+        "augment": manifest.get("augment", "none"), "stage_width": stage_width(manifest), "images": len(view.paths),
+        "classes": view.classes,
         "bytes": (path.stat().st_size if path.exists() else 0) + shard_bytes, "versions": manifest.get("versions", {}),
     }
 
@@ -200,7 +202,7 @@ def load(
         raise InvalidArgument(f"split must be None or one of {', '.join(SPLIT_NAMES)}; received {split!r}")
     if pooling is not None and pooling not in POOLINGS:
         raise InvalidArgument(f"pooling must be None or one of {', '.join(POOLINGS)}; received {pooling!r}")
-    wants_stages = pooling is not None and STAGES in pooling.split("+")
+    wants_stages = uses_stages(pooling)
     path = Path(cache).expanduser()
     if path.suffix != ".h5":
         path = find_cache(path, backbone, weights=weights, dtype=dtype, key=key, input_size=input_size, augment=augment,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import POOLED, STAGES, ShardDamaged, describe_os_error, in_parallel, open_shard, pooled_vectors
+from featurebank.cache import STAGES, ShardDamaged, describe_os_error, in_parallel, open_shard
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.files import aligned_empty
 
@@ -19,34 +19,24 @@ VECTOR_POOLINGS = POOLINGS[1:]  # read from the stored pooled side data, never f
 ARRAY_ALIGNMENT = 64  # bytes: what TensorFlow needs to use a numpy array's memory without copying it (DLPack)
 
 
+def uses_stages(pooling: str | None) -> bool:
+    """Whether a pooling reads the stored stage vectors (a cache made with ``extract --stages``)."""
+    return pooling in VECTOR_POOLINGS and STAGES in pooling.split("+")
+
+
 def stored_vectors(pooled: dict[str, np.ndarray], pooling: str) -> np.ndarray:
     """The vectors of a pooling such as 'avg+stages' from pooled side data ({name: (n, width)}), side by side."""
     return np.concatenate([np.asarray(pooled[name], np.float32) for name in pooling.split("+")], axis=1)
 
 
-def vector_width(pooling: str, channels: int, stages: int) -> int:
-    """Length of a vector pooling's vectors, given the maps' channels and the stage vector's length."""
-    return sum(stages if name == STAGES else channels for name in pooling.split("+"))
-
-
-def pool_features(block: np.ndarray, pooling: str | None) -> np.ndarray:
-    """Pool a (n, h, w, c) block over space ('avg', 'max', 'avg+max' concatenated), flatten it, or keep it (None).
-
-    Stage vectors are not in the maps: poolings with 'stages' come from the stored side data only.
-    """
-    block = np.asarray(block, dtype=np.float32)
-    if pooling in VECTOR_POOLINGS and STAGES in pooling.split("+"):
-        raise InvalidArgument(f"pooling {pooling!r} reads the stored stage vectors (extract --stages); they cannot "
-                              "be computed from feature maps")
+def row_shape(pooling: str | None, feature_shape: tuple[int, ...], stage_width: int = 0) -> tuple[int, ...]:
+    """Shape of one image's features: its map (None), the map's cells flattened, or pooled vectors side by side."""
     if pooling is None:
-        return block
-    if pooling in POOLED:
-        return pooled_vectors(block)[pooling]
-    if pooling == "avg+max":
-        vectors = pooled_vectors(block)
-        return np.concatenate([vectors["avg"], vectors["max"]], axis=1)
+        return tuple(feature_shape)
     if pooling == "flatten":
-        return block.reshape(len(block), -1)
+        return (int(np.prod(feature_shape, dtype=np.int64)),)
+    if pooling in VECTOR_POOLINGS:
+        return (sum(stage_width if name == STAGES else feature_shape[-1] for name in pooling.split("+")),)
     raise InvalidArgument(f"pooling must be None or one of {', '.join(POOLINGS)}; received {pooling!r}")
 
 
@@ -95,9 +85,6 @@ class ShardReader:
         """
         fh = self.file(name)
         if dataset not in fh:
-            if dataset == f"pooled_{STAGES}":
-                raise CacheError(f"{self.shard_dir / name}: this cache stores no stage vectors; extract again with "
-                                 "--stages, or ask for pooling='avg', 'max' or 'avg+max'")
             raise CacheError(f"{self.shard_dir / name}: this cache stores pooled vectors only (extract --store "
                              "pooled); ask for pooling='avg' or 'max', or extract again with --store maps")
         data = fh[dataset]
@@ -137,7 +124,7 @@ class LazyFeatures:
     """Array-like view of cached features: index it to read rows from the shards as float32 numpy.
 
     Supports ``len()``, ``shape``, ``x[i]``, ``x[a:b]`` and ``x[index_array]``; nothing is read until
-    indexed. Pooling 'avg'/'max' reads the stored pooled vectors, never the maps.
+    indexed. Vector poolings ('avg', 'avg+stages', ...) read the stored pooled vectors, never the maps.
     """
 
     def __init__(self, shard_dir: str | os.PathLike, shards: list[str], shard: np.ndarray, row: np.ndarray,
@@ -148,10 +135,7 @@ class LazyFeatures:
         self.row = np.asarray(row, dtype=np.int64)
         self.pooling = pooling
         self._reader: ShardReader | None = None
-        if pooling in VECTOR_POOLINGS:
-            self.shape = (len(self.row), vector_width(pooling, feature_shape[-1], stage_width))
-        else:
-            self.shape = (len(self.row), *pool_features(np.zeros((1, *feature_shape), np.float32), pooling).shape[1:])
+        self.shape = (len(self.row), *row_shape(pooling, feature_shape, stage_width))
         self.dtype = np.dtype(np.float32)
 
     def __len__(self) -> int:
@@ -191,8 +175,8 @@ class LazyFeatures:
                 block, index = self._reader.read_span(name, "features", unique, scratch=True)
                 in_parallel(partial(_copy_rows, out, block), list(zip(group.tolist(), index[inverse].tolist())))
                 continue
-            else:
-                block = pool_features(self._reader.read(name, "features", unique), self.pooling)
+            else:  # flatten
+                block = self._reader.read(name, "features", unique).reshape(len(unique), -1)
             out[group] = block[inverse]
         return out
 

@@ -137,20 +137,47 @@ def keras_feature_function(
     return KerasFeatureFunction(model, batch_size)
 
 
+class Pending:
+    """A batch whose work was started, perhaps still running on the device: ``result()`` waits and returns it.
+
+    ``ready`` is True when nothing is left to wait for (the work ran on the host, synchronously): the
+    embedding loop hands such a batch on at once, and keeps an unready one in flight while it starts
+    the next, so that the device computes batch k+1 while batch k is copied out.
+    """
+
+    def __init__(self, fetch: Callable[[], object], *, ready: bool = False):
+        self._fetch: Callable[[], object] | None = fetch
+        self._value: object = None
+        self.ready = ready
+
+    @classmethod
+    def done(cls, value) -> Pending:
+        return cls(lambda: value, ready=True)
+
+    def result(self):
+        if self._fetch is not None:
+            self._value, self._fetch = self._fetch(), None
+            self.ready = True
+        return self._value
+
+
 class KerasFeatureFunction:
     """Runs a Keras model on fixed-size batches (the last one padded) so it is compiled once.
 
-    ``embed`` runs a second model over the same layers whose outputs are the maps already cast to
-    the stored dtype and their avg- and max-pooled float32 vectors: the cast and the pooling run
-    where the model runs (TensorFlow, JAX or torch backend, GPU when there is one), and only the
+    ``submit``/``embed`` run a second model over the same layers whose outputs are the maps already
+    cast to the stored dtype and their avg- and max-pooled float32 vectors: the cast and the pooling
+    run where the model runs (TensorFlow, JAX or torch backend, GPU when there is one), and only the
     stored bytes come back to the host. The cast rounds the float32 forward's own values, so a
-    float16 cache holds exactly what casting on the host would give.
+    float16 cache holds exactly what casting on the host would give. On the JAX backend ``submit``
+    returns as soon as the step is dispatched, and the outputs start copying to the host when the
+    device has them (``copy_to_host_async``), so the host prepares the next batch meanwhile.
     """
 
     def __init__(self, model, batch_size: int):
         self.model = model
         self.batch_size = batch_size
         self._embed_models: dict[str, object] = {}
+        self._jax_steps: dict[tuple[str, bool], Callable] = {}
 
     def _padded(self, images: np.ndarray) -> np.ndarray:
         if len(images) < self.batch_size:
@@ -161,9 +188,7 @@ class KerasFeatureFunction:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(self._padded(images)), dtype=np.float32)[: len(images)]
 
-    def embed(self, images: np.ndarray, dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""
-        name = np.dtype(dtype).name
+    def _embed_model(self, name: str):
         if name not in self._embed_models:
             from featurebank.quiet import import_keras
 
@@ -176,10 +201,50 @@ class KerasFeatureFunction:
             # another thread than the one that built the model (Ray actors do), where "cast" would clash.
             outputs = keras.layers.Lambda(stored_and_pooled, name=f"featurebank_stored_{name}")(self.model.outputs[0])
             self._embed_models[name] = keras.Model(self.model.inputs, outputs, name=f"{self.model.name}_embed_{name}")
-        stored, avg, largest = self._embed_models[name].predict_on_batch(self._padded(images))
-        count = len(images)
-        return (np.asarray(stored)[:count],
-                {"avg": np.asarray(avg, np.float32)[:count], "max": np.asarray(largest, np.float32)[:count]})
+        return self._embed_models[name]
+
+    def _jax_step(self, name: str, maps: bool) -> Callable:
+        """The embed model as one jitted JAX function of (variables, images); without ``maps`` only the vectors."""
+        if (name, maps) not in self._jax_steps:
+            import jax
+
+            model = self._embed_model(name)
+            trainable = [v.value for v in model.trainable_variables]
+            frozen = [v.value for v in model.non_trainable_variables]
+
+            def step(trainable, frozen, images):
+                outputs, _ = model.stateless_call(trainable, frozen, images, training=False)
+                return outputs if maps else outputs[1:]
+
+            jitted = jax.jit(step)
+            self._jax_steps[name, maps] = lambda images: jitted(trainable, frozen, images)
+        return self._jax_steps[name, maps]
+
+    def submit(self, images: np.ndarray, dtype, *, maps: bool = True) -> Pending:
+        """Start embedding ``images``; the Pending gives (maps in ``dtype`` or None, {'avg', 'max'} float32)."""
+        from featurebank.quiet import import_keras
+
+        name, count = np.dtype(dtype).name, len(images)
+        on_jax = import_keras().backend.backend() == "jax"
+        if on_jax:
+            outputs = self._jax_step(name, maps)(self._padded(images))
+            for output in outputs:
+                output.copy_to_host_async()
+        else:
+            outputs = self._embed_model(name).predict_on_batch(self._padded(images))
+            outputs = outputs if maps else outputs[1:]
+
+        def fetch():
+            arrays = [np.asarray(output)[:count] for output in outputs]
+            stored = arrays.pop(0) if maps else None
+            return stored, {"avg": arrays[0].astype(np.float32, copy=False),
+                            "max": arrays[1].astype(np.float32, copy=False)}
+
+        return Pending(fetch) if on_jax else Pending.done(fetch())
+
+    def embed(self, images: np.ndarray, dtype, *, maps: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""
+        return self.submit(images, dtype, maps=maps).result()
 
 
 def _keras_backbone(

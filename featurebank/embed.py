@@ -4,9 +4,11 @@ Extraction, predict and the audit all call it, so a photo gets exactly the numbe
 would hold for it. ``Embedder`` wraps a backbone's feature function with the cache's augmentation
 (``hflip-mean``: the mean of the image's and its mirror image's maps), the cast to the stored
 dtype and the pooled side data (avg and max; the stage vectors when the cache stores them). A
-feature function that can do those steps on its device itself (``embed(images, dtype)``, see
-torch_backbones.py) is used that way, so only the stored bytes come back to the host. Which
-backbones can give stage vectors is checked where the manifest is made (``resolve_manifest``).
+feature function that can do those steps on its device itself (``submit(images, dtype)``, see
+torch_backbones.py and KerasFeatureFunction) is used that way, so only the stored bytes come back
+to the host, and ``embed_files`` keeps one batch in flight on the device while the previous one
+is copied out (``in_flight``). Which backbones can give stage vectors is checked where the
+manifest is made (``resolve_manifest``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from featurebank.backbones import Backbone, get_backbone
-from featurebank.cache import POOLED, STAGES, pooled_vectors
+from featurebank.backbones import Backbone, Pending, get_backbone
+from featurebank.cache import pooled_vectors
 from featurebank.errors import InvalidArgument
 from featurebank.images import decoded_batches
 
@@ -56,21 +58,45 @@ class Embedder:
         return cls(function, dtype=manifest["dtype"], augment=manifest.get("augment", "none"),
                    keep_maps=manifest.get("store", "maps") == "maps", stages=bool(manifest.get("stages")))
 
-    def _maps(self, images: np.ndarray):
-        if self.stages:
-            return self.function.embed(images, self.dtype, stages=True)
-        if hasattr(self.function, "embed") and self.augment == "none":
-            return self.function.embed(images, self.dtype)  # (stored maps, pooled) computed on the device
-        maps = np.asarray(self.function(images), dtype=np.float32)
+    def submit(self, images: np.ndarray) -> Pending:
+        """Start embedding ``images``: a Pending of their Embedded (the device may still be computing it).
+
+        A feature function that can cast and pool on its device (``submit``, see torch_backbones.py and
+        KerasFeatureFunction) does, and is not asked for the maps when the cache keeps only vectors.
+        """
+        function = self.function
+        if self.stages or (hasattr(function, "submit") and self.augment == "none"):
+            options = {"stages": True} if self.stages else {}
+            started = function.submit(images, self.dtype, maps=self.keep_maps, **options)
+            return Pending(lambda: Embedded(*started.result()), ready=started.ready)
+        maps = np.asarray(function(images), dtype=np.float32)
         if self.augment == "hflip-mean":
-            maps = (maps + np.asarray(self.function(np.ascontiguousarray(images[:, :, ::-1])), np.float32)) / 2
-        return maps.astype(self.dtype), pooled_vectors(maps)
+            maps = (maps + np.asarray(function(np.ascontiguousarray(images[:, :, ::-1])), np.float32)) / 2
+        return Pending.done(Embedded(maps.astype(self.dtype) if self.keep_maps else None, pooled_vectors(maps)))
 
     def __call__(self, images: np.ndarray) -> Embedded:
-        maps, pooled = self._maps(images)
-        names = (*POOLED, STAGES) if self.stages else POOLED
-        return Embedded(maps if self.keep_maps else None, {p: pooled[p] for p in names})
+        return self.submit(images).result()
 
+
+def in_flight(batches: Iterable[tuple[T, np.ndarray]], submit: Callable[[np.ndarray], Pending]
+              ) -> Iterator[tuple[T, object]]:
+    """(key, result) for each (key, images) of ``batches``, keeping one unfinished batch in flight.
+
+    Batch k+1 is submitted before batch k's result is waited for, so a device computes while the
+    host copies out, hands on and decodes; a batch that is ready at once is handed on at once.
+    """
+    waiting: tuple[T, Pending] | None = None
+    for key, images in batches:
+        started = submit(images)
+        if waiting is not None:
+            yield waiting[0], waiting[1].result()
+            waiting = None
+        if started.ready:
+            yield key, started.result()
+        else:
+            waiting = (key, started)
+    if waiting is not None:
+        yield waiting[0], waiting[1].result()
 
 
 def embed_files(items: Iterable[T], path_of: Callable[[T], str | Path], embedder: Embedder, *,
@@ -80,6 +106,5 @@ def embed_files(items: Iterable[T], path_of: Callable[[T], str | Path], embedder
 
     Unreadable files go to ``failures`` as (item, reason), exactly as extraction reports them.
     """
-    for batch, images in decoded_batches(items, path_of, input_size, batch_size=batch_size, workers=workers,
-                                         failures=failures):
-        yield batch, embedder(images)
+    yield from in_flight(decoded_batches(items, path_of, input_size, batch_size=batch_size, workers=workers,
+                                         failures=failures), embedder.submit)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.backbones import Backbone, available_backbones, get_backbone, weights_identity
+from featurebank.backbones import Backbone, Pending, available_backbones, get_backbone, weights_identity
 from featurebank.cache import DTYPES, STORES, configure_array_pool, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
 from featurebank.embed import AUGMENTS, Embedder, embed_files
@@ -328,12 +328,12 @@ class LazyEmbedder:
         self.embedder: Embedder | None = None
         self.build_seconds = 0.0
 
-    def __call__(self, images):
+    def submit(self, images) -> Pending:
         if self.embedder is None:
             started = time.perf_counter()
             self.embedder = self.build()
             self.build_seconds = time.perf_counter() - started
-        return self.embedder(images)
+        return self.embedder.submit(images)
 
 
 def _folder_stamp(folder: Path) -> int:
@@ -346,7 +346,7 @@ def _folder_stamp(folder: Path) -> int:
 def run_pipeline(
     work: Iterator[Sample] | Sequence[Sample],
     *,
-    embed: Callable,
+    embed: Embedder | LazyEmbedder,
     store: FeatureStore,
     plan: ExtractionPlan,
     batch_size: int,

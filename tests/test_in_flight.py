@@ -1,0 +1,83 @@
+"""One batch in flight: the device computes batch k+1 while batch k is copied out (issue 11, build item 1)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from featurebank.backbones import Pending, get_backbone
+from featurebank.embed import Embedder, in_flight
+
+
+def test_the_next_batch_is_submitted_before_the_last_one_is_waited_for():
+    events = []
+
+    def submit(images):
+        events.append(f"submit {images}")
+        return Pending(lambda: events.append(f"wait {images}") or images * 10)
+
+    assert list(in_flight(((k, k) for k in range(3)), submit)) == [(0, 0), (1, 10), (2, 20)]
+    assert events == ["submit 0", "submit 1", "wait 0", "submit 2", "wait 1", "wait 2"]
+
+
+def test_a_batch_that_is_ready_at_once_is_handed_on_at_once():
+    """Host-side (synchronous) work keeps its old order: the writer gets each batch as soon as it exists."""
+    events = []
+
+    def submit(images):
+        events.append(f"submit {images}")
+        return Pending.done(images)
+
+    for key, value in in_flight(((k, k) for k in range(3)), submit):
+        events.append(f"handed {key}")
+    assert events == ["submit 0", "handed 0", "submit 1", "handed 1", "submit 2", "handed 2"]
+
+
+def test_a_waited_pending_fetches_once():
+    calls = []
+    pending = Pending(lambda: calls.append(1) or "value")
+    assert not pending.ready
+    assert (pending.result(), pending.result(), pending.ready, calls) == ("value", "value", True, [1])
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet-lite0", "resnet50"])
+def test_a_vectors_only_cache_does_not_copy_the_maps_out(backbone):
+    """--store pooled: the feature function is asked for vectors only, and gives the same ones as with maps."""
+    if backbone.startswith("efficientnet"):
+        pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
+    function = get_backbone(backbone).build("none", (64, 64), 2)
+    images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    with_maps = Embedder(function, dtype="float16")(images)
+    vectors_only = Embedder(function, dtype="float16", keep_maps=False)(images)
+    assert with_maps.maps is not None and vectors_only.maps is None
+    for name in ("avg", "max"):
+        np.testing.assert_array_equal(vectors_only.pooled[name], with_maps.pooled[name])
+
+
+JAX_IN_FLIGHT = """
+import numpy as np
+from featurebank.backbones import get_backbone
+from featurebank.embed import Embedder, in_flight
+function = get_backbone("resnet50").build("none", (96, 64), 4)
+rng = np.random.default_rng(0)
+batches = [rng.integers(0, 256, (n, 96, 64, 3), dtype=np.uint8) for n in (4, 4, 3)]
+one_by_one = [Embedder(function, dtype="float16")(b) for b in batches]
+started = Embedder(function, dtype="float16").submit(batches[0])
+overlapped = [e for _, e in in_flight(enumerate(batches), Embedder(function, dtype="float16").submit)]
+vectors = [Embedder(function, dtype="float16", keep_maps=False)(b) for b in batches]
+same = all(np.array_equal(a.maps, b.maps) and a.maps.dtype == np.float16 and
+           all(np.array_equal(a.pooled[k], b.pooled[k]) for k in ("avg", "max")) for a, b in zip(one_by_one, overlapped))
+same_vectors = all(v.maps is None and all(np.array_equal(v.pooled[k], a.pooled[k]) for k in ("avg", "max"))
+                   for v, a in zip(vectors, one_by_one))
+print("asynchronous" if not started.ready else "synchronous", same, same_vectors, [len(e.maps) for e in overlapped])
+"""
+
+
+def test_keras_on_jax_keeps_a_batch_in_flight_and_gives_the_same_features():
+    """On JAX, submit returns once the step is dispatched; overlapped batches equal one-by-one ones, bit for bit."""
+    pytest.importorskip("jax", reason="needs jax (pip install -e .[test] installs it)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", JAX_IN_FLIGHT], capture_output=True, text=True, env=env, timeout=300)
+    assert done.stdout.split() == ["asynchronous", "True", "True", "[4,", "4,", "3]"], done.stderr[-2000:]

@@ -25,7 +25,7 @@ from featurebank.embed import AUGMENTS
 from featurebank.extraction import ENGINES
 from featurebank.errors import FeaturebankError
 from featurebank.load import VECTOR_POOLINGS
-from featurebank.sizing import EngineSizes
+from featurebank.sizing import DECODERS, EngineSizes
 
 
 class FriendlyGroup(click.Group):
@@ -146,7 +146,10 @@ def main() -> None:
 @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1),
               help="Images per shard file; a crash loses at most the shard being written.")
 @click.option("--workers", "decode_workers", type=click.IntRange(1), default=None,
-              help="Decoding threads [default: one per usable core, less one].")
+              help="Decoders [default: one per usable core, less one].")
+@click.option("--decoder", type=click.Choice(DECODERS), default=None,
+              help="Decode in threads or in processes (which write into shared memory) [default: processes next to "
+                   "a GPU with 8+ cores, threads elsewhere].")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(ENGINES),
               help="local: this process; ray: a Ray cluster (pip install -e '.[ray]').")
 @click.option("--ray-address", default=None,
@@ -160,8 +163,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human text goes to stderr.")
 def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, stages, input_size,
-            split_fractions, split_seed, balanced, shard_size, decode_workers, engine, ray_address, rebuild, exclude, rehash,
-            verify, strict, quiet, as_json):
+            split_fractions, split_seed, balanced, shard_size, decode_workers, decoder, engine, ray_address, rebuild,
+            exclude, rehash, verify, strict, quiet, as_json):
     """Run the frozen backbone once per image of DATA and store the features in the cache.
 
     Images already in the cache (same bytes, same backbone, weights, size and dtype) are not
@@ -174,7 +177,8 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
         report = featurebank.extract(
             data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
             input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
-            compression=compression, shard_size=shard_size, decode_workers=decode_workers, store=store, augment=augment,
+            compression=compression, shard_size=shard_size, decode_workers=decode_workers, decoder=decoder, store=store,
+            augment=augment,
             stages=stages, rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine,
             ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
             warn=lambda message: click.echo(f"warning: {message}", err=True),

@@ -25,7 +25,7 @@ import featurebank
 from classifiers.evaluate import cross_validate
 from featurebank.backbones import get_backbone
 from featurebank.embed import Embedder
-from featurebank.images import decode_many
+from featurebank.decoding import decode_many
 from featurebank.rows import uses_stages
 from featurebank.scan import scan_folder
 

@@ -6,8 +6,11 @@
 Makes --images distinct JPEGs by re-encoding --source photos at varied JPEG quality (every file's
 bytes differ, so nothing is deduplicated), then measures on this machine (CPU or GPU, whatever
 the backbone uses):
-  forward   the embed path alone (uint8 batch → backbone → stored dtype + pooled), on decoded images
-  decode    the decoding pool alone (featurebank.images.decoded_batches), every file
+  forward   the embed path alone (uint8 batch → backbone → stored dtype + pooled), on two decoded batches
+            alternated, one batch in flight as extraction runs it (featurebank.embed.in_flight); it also
+            checks that the overlapped results equal one-by-one ones, bit for bit
+  decode    the decoding pool alone (featurebank.decoding.decoded_batches), every file, with threads and
+            with processes (the engine's choice is the one in the ratio)
   write     the shard writer alone (same dtype, compression and shard size), on real maps repeated
   extract   `featurebank.extract` end to end into a fresh cache, every file
 and prints each img/s and extract / min(forward, decode, write). The same script runs on a GPU
@@ -30,11 +33,13 @@ from common import TRASHNET
 from PIL import Image
 
 import featurebank
-from featurebank.embed import Embedder
+from featurebank.embed import Embedder, in_flight
+from featurebank.errors import FeaturebankError
 from featurebank.extraction import resolve_manifest
 from featurebank.backbones import get_backbone
 from featurebank.cache import configure_array_pool
-from featurebank.images import decoded_batches, load_image
+from featurebank.decoding import decoded_batches
+from featurebank.images import load_image
 from featurebank.index import FeatureStore
 from featurebank.sizing import choose_sizes
 
@@ -107,19 +112,29 @@ def main() -> None:
         files = make_distinct_jpegs(args.source, data, args.images)
         manifest = resolve_manifest(spec, weights=args.weights, input_size=size, dtype=args.dtype, store=args.store)
         embedder = Embedder.for_manifest(manifest, weights=args.weights, batch_size=args.batch_size, spec=spec)
-        pixels = np.stack([load_image(p, size) for p in files[: args.batch_size]])
-        embedded = embedder(pixels)  # warm-up: build, compile, first call
+        first = np.stack([load_image(p, size) for p in files[: args.batch_size]])
+        pixels = [first, np.ascontiguousarray(first[:, :, ::-1])]  # two batches whose results differ
+        one_by_one = [embedder(batch) for batch in pixels]  # also the warm-up: build, compile, first call
+        repeats = max(2, -(-args.forward_images // args.batch_size))
         started = time.perf_counter()
-        done = 0
-        while done < args.forward_images:
-            embedded = embedder(pixels)
-            done += len(pixels)
-        figures["forward_img_s"] = done / (time.perf_counter() - started)
+        overlapped = [e for _, e in in_flight(((i % 2, pixels[i % 2]) for i in range(repeats)), embedder.submit)]
+        figures["forward_img_s"] = repeats * args.batch_size / (time.perf_counter() - started)
+        figures["in_flight_equal"] = all(
+            np.array_equal(e.maps, one_by_one[i % 2].maps) and
+            all(np.array_equal(v, one_by_one[i % 2].pooled[k]) for k, v in e.pooled.items())
+            for i, e in enumerate(overlapped))
+        embedded = one_by_one[0]
 
-        started = time.perf_counter()
-        decoded = sum(len(batch) for batch, _ in decoded_batches(files, lambda p: p, size, batch_size=args.batch_size,
-                                                                 workers=sizes.decode_workers))
-        figures["decode_img_s"] = decoded / (time.perf_counter() - started)
+        for decoder in ("threads", "processes"):
+            started = time.perf_counter()
+            try:
+                decoded = sum(len(batch) for batch, _ in decoded_batches(
+                    files, lambda p: p, size, batch_size=args.batch_size, workers=sizes.decode_workers, decoder=decoder))
+            except FeaturebankError as exc:  # e.g. too little shared memory for the processes' ring
+                figures[f"decode_{decoder}_img_s"], figures[f"decode_{decoder}_error"] = 0.0, str(exc)
+                continue
+            figures[f"decode_{decoder}_img_s"] = decoded / (time.perf_counter() - started)
+        figures["decode_img_s"] = figures[f"decode_{sizes.decoder}_img_s"]
 
         store = FeatureStore(work / "write-cache", manifest)
         store.prepare()
@@ -141,7 +156,9 @@ def main() -> None:
         figures["extract_img_s_with_build"] = report.images_per_s
         limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
         figures["extract_vs_limit"] = figures["extract_img_s"] / limit
-        print(f"forward {figures['forward_img_s']:.1f} img/s, decode {figures['decode_img_s']:.1f} img/s, write "
+        print(f"forward {figures['forward_img_s']:.1f} img/s (in flight == one by one: {figures['in_flight_equal']}), "
+              f"decode {figures['decode_threads_img_s']:.1f} img/s on threads, {figures['decode_processes_img_s']:.1f} "
+              f"on processes ({sizes.decoder} in the ratio), write "
               f"{figures['write_img_s']:.1f} img/s, extract {figures['extract_img_s']:.1f} img/s (model build excluded; "
               f"{figures['extract_img_s_with_build']:.1f} with it) = {figures['extract_vs_limit']:.3f} of "
               f"min(forward, decode, write)")

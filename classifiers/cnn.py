@@ -150,7 +150,7 @@ class ImageFiles:
         return len(self.paths)
 
     def read_rows(self, positions) -> np.ndarray:
-        from featurebank.images import decode_many
+        from featurebank.decoding import decode_many
 
         images, kept, failures = decode_many([self.paths[i] for i in positions], self.image_size)
         if failures:

@@ -15,7 +15,7 @@ from classifiers.runs import (
     summarize_repeats,
     write_json,
 )
-from featurebank.images import decode_many
+from featurebank.decoding import decode_many
 from featurebank.scan import file_sha256
 
 

@@ -16,7 +16,7 @@ from classifiers.runs import read_run, verify_file
 from featurebank.rows import VECTOR_POOLINGS, stored_vectors
 from featurebank.embed import Embedder, embed_files
 from featurebank.errors import ModelFileError
-from featurebank.images import decoded_batches
+from featurebank.decoding import decoded_batches
 from featurebank.scan import Skipped, file_sha256, inspect_file
 
 RUN_KINDS = ("dense_head", "cnn", "svm")

@@ -23,7 +23,7 @@ import numpy as np
 from featurebank.backbones import Backbone, Pending, get_backbone
 from featurebank.cache import pooled_vectors
 from featurebank.errors import InvalidArgument
-from featurebank.images import decoded_batches
+from featurebank.decoding import decoded_batches
 
 AUGMENTS = ("none", "hflip-mean")
 T = TypeVar("T")
@@ -101,10 +101,10 @@ def in_flight(batches: Iterable[tuple[T, np.ndarray]], submit: Callable[[np.ndar
 
 def embed_files(items: Iterable[T], path_of: Callable[[T], str | Path], embedder: Embedder, *,
                 input_size: tuple[int, int], batch_size: int, workers: int | None = None,
-                failures: list | None = None) -> Iterator[tuple[list[T], Embedded]]:
-    """Decode ``items``' files on the decoding pool and embed them batch by batch.
+                failures: list | None = None, decoder: str = "threads") -> Iterator[tuple[list[T], Embedded]]:
+    """Decode ``items``' files on the decoding pool (``decoder``: threads or processes) and embed them batch by batch.
 
     Unreadable files go to ``failures`` as (item, reason), exactly as extraction reports them.
     """
     yield from in_flight(decoded_batches(items, path_of, input_size, batch_size=batch_size, workers=workers,
-                                         failures=failures), embedder.submit)
+                                         failures=failures, decoder=decoder), embedder.submit)

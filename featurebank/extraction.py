@@ -197,6 +197,7 @@ def extract(
     compression: str = "none",
     shard_size: int = 256,
     decode_workers: int | None = None,
+    decoder: str | None = None,
     store: str = "maps",
     augment: str = "none",
     stages: bool = False,
@@ -218,8 +219,8 @@ def extract(
     ``stages=True`` also stores the avg-pooled output of each stage of the backbone (``pooled_stages``;
     ``load(pooling='avg+stages')``), in a cache of its own key.
     ``engine='ray'`` runs the same extraction on a Ray cluster (``ray_address``; a local one if None).
-    ``batch_size`` and ``decode_workers`` left as None are chosen from the device and the cores
-    (featurebank/sizing.py); ``report.sizes`` says what ran.
+    ``batch_size``, ``decode_workers`` and ``decoder`` ('threads' or 'processes') left as None are
+    chosen from the device and the cores (featurebank/sizing.py); ``report.sizes`` says what ran.
     """
     started = time.perf_counter()
     plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
@@ -237,7 +238,8 @@ def extract(
             else:
                 run = run_local
             outcome = run(plan, todo, weights=weights, batch_size=batch_size, compression=compression,
-                          shard_size=shard_size, decode_workers=decode_workers, lease_seconds=lease_seconds,
+                          shard_size=shard_size, decode_workers=decode_workers, decoder=decoder,
+                          lease_seconds=lease_seconds,
                           address=ray_address, progress=progress or Progress(), warn=warn)
             plan.skipped.extend(outcome["failures"])
         images = plan.consolidate(warn, wrote=bool(todo))
@@ -254,12 +256,13 @@ def extract(
 
 
 def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, batch_size: int | None,
-              compression: str, shard_size: int, decode_workers: int | None = None, lease_seconds: float = 60.0,
+              compression: str, shard_size: int, decode_workers: int | None = None, decoder: str | None = None,
+              lease_seconds: float = 60.0,
               address: str | None = None, progress: Progress | None = None, warn=None) -> dict:
     """The local engine (every engine has this signature): claimed passes through this process's pipeline."""
     progress = progress or Progress()
     sizes = choose_sizes(plan.spec.library, compression=compression, batch_size=batch_size,
-                         decode_workers=decode_workers)
+                         decode_workers=decode_workers, decoder=decoder)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
     batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
     progress.engine(sizes)
@@ -272,7 +275,8 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
             for work in claimed_passes(todo, claims, plan.store, plan.state, warn):
                 stored, failed = run_pipeline(work, embed=embed, store=plan.store, plan=plan, batch_size=batch_size,
                                               compression=compression, shard_size=shard_size,
-                                              decode_workers=decode_workers, progress=progress)
+                                              decode_workers=decode_workers, decoder=sizes.decoder,
+                                              progress=progress)
                 new += stored
                 failures += failed
     finally:
@@ -354,6 +358,7 @@ def run_pipeline(
     shard_size: int,
     decode_workers: int | None,
     progress: Progress,
+    decoder: str = "threads",
 ) -> tuple[int, list[Skipped]]:
     """Extract ``work`` into new shards of ``store``, all committed on return; returns (images stored, failures).
 
@@ -385,7 +390,8 @@ def run_pipeline(
     writer_thread.start()
     try:
         for batch, embedded in embed_files(work, lambda s: s.path, embed, input_size=plan.input_size,
-                                           batch_size=batch_size, workers=decode_workers, failures=failures):
+                                           batch_size=batch_size, workers=decode_workers, failures=failures,
+                                           decoder=decoder):
             if state["error"] is not None:
                 break
             writes.put((embedded, batch))

@@ -1,4 +1,4 @@
-"""Image decoding: file → uint8 RGB array of exactly the input size (H, W, 3), and the one decoding pool."""
+"""Image decoding: file → uint8 RGB array of exactly the input size (H, W, 3). The pool that runs it: decoding.py."""
 
 from __future__ import annotations
 
@@ -6,20 +6,13 @@ import contextlib
 import os
 import threading
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from featurebank.sizing import default_decode_workers
-
 # A 4000×3000 photo is 12 MP; allow large camera images but stop decompression bombs.
 Image.MAX_IMAGE_PIXELS = 200_000_000
-T = TypeVar("T")
 
 
 class ImageDecodeError(Exception):
@@ -95,57 +88,3 @@ def decode_failure(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"cannot read file: {exc.strerror or exc}"
     raise exc
-
-
-def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size: tuple[int, int], *,
-                    batch_size: int, workers: int | None = None, failures: list | None = None,
-                    priority: str = "low") -> Iterator[tuple[list[T], np.ndarray]]:
-    """The one decoding pool: yield (items, uint8 (n, H, W, 3)) batches, decoding a bounded window ahead.
-
-    ``items`` may be a lazy iterable (extraction feeds claimed work as it goes). Files that fail
-    to decode are appended to ``failures`` as (item, reason) and left out; without ``failures``
-    the first failure raises ImageDecodeError. ``priority='low'`` runs the threads at nice 10, for
-    when they share a small CPU with a backbone.
-    """
-    window = batch_size * 3
-    initializer = lower_thread_priority if priority == "low" else None
-    with ThreadPoolExecutor(max_workers=workers or default_decode_workers(), thread_name_prefix="featurebank-decode",
-                            initializer=initializer) as pool:
-        pending: deque = deque()
-        source = iter(items)
-        batch_items: list[T] = []
-        batch_images: list[np.ndarray] = []
-
-        def fill() -> None:
-            while len(pending) < window:
-                item = next(source, None)
-                if item is None:
-                    return
-                pending.append((item, pool.submit(load_image, path_of(item), size)))
-
-        fill()
-        while pending:
-            item, future = pending.popleft()
-            fill()
-            try:
-                batch_images.append(future.result())
-                batch_items.append(item)
-            except (ImageDecodeError, OSError) as exc:
-                if failures is None:
-                    raise ImageDecodeError(f"{path_of(item)}: {decode_failure(exc)}") from None
-                failures.append((item, decode_failure(exc)))
-            if len(batch_items) == batch_size or (not pending and batch_items):
-                yield batch_items, np.stack(batch_images)
-                batch_items, batch_images = [], []
-
-
-def decode_many(paths, size: tuple[int, int], *, workers: int | None = None):
-    """Decode many files; returns (uint8 array of the good ones, their indices, [(path, reason)])."""
-    failures: list = []
-    images, kept = [], []
-    for indices, batch in decoded_batches(range(len(paths)), lambda i: paths[i], size, batch_size=64,
-                                          workers=workers, failures=failures, priority="normal"):
-        images.append(batch)
-        kept.extend(indices)
-    stacked = np.concatenate(images) if images else np.zeros((0, *size, 3), np.uint8)
-    return stacked, np.array(kept, dtype=np.int64), [(str(paths[i]), reason) for i, reason in failures]

@@ -39,19 +39,19 @@ def import_ray():
 
 def decode_rows(batch: dict, *, root: str, input_size: tuple[int, int]) -> dict:
     """A Ray Data CPU task: relpaths → uint8 pixels; a file that fails keeps its row, with the reason in ``error``."""
-    from featurebank.images import ImageDecodeError, decode_failure, load_image
+    from featurebank.decoding import decode_files
 
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, 10)  # a decoding worker yields the CPU to the backbone, as locally
 
     pixels = np.zeros((len(batch["relpath"]), *input_size, 3), np.uint8)
     errors = []
-    for i, relpath in enumerate(batch["relpath"]):
-        try:
-            pixels[i] = load_image(Path(root, str(relpath)), input_size)
+    for i, outcome in enumerate(decode_files([Path(root, str(r)) for r in batch["relpath"]], input_size)):
+        if isinstance(outcome, str):
+            errors.append(outcome)
+        else:
+            pixels[i] = outcome
             errors.append("")
-        except (ImageDecodeError, OSError) as exc:
-            errors.append(decode_failure(exc))
     return {**batch, "pixels": pixels, "error": np.array(errors, dtype=object)}
 
 
@@ -167,12 +167,12 @@ def check_shared_paths(ray, folders: dict[str, Path]) -> int:
 
 
 def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: str, shard_size: int,
-            decode_workers: int | None = None, lease_seconds: float = 60.0, address: str | None = None,
-            progress=None, warn=None) -> dict:
+            decode_workers: int | None = None, decoder: str | None = None, lease_seconds: float = 60.0,
+            address: str | None = None, progress=None, warn=None) -> dict:
     """Extract ``todo`` on a Ray cluster (``address``: 'auto', 'ray://…', or None for a local instance).
 
-    The same signature as the local engine; ``decode_workers`` and ``lease_seconds`` do not apply
-    (Ray schedules decoding tasks itself, and Ray's task retries replace claims). A batch size of None
+    The same signature as the local engine; ``decode_workers``, ``decoder`` and ``lease_seconds`` do
+    not apply (Ray decodes in tasks of its own worker processes, and Ray's task retries replace claims). A batch size of None
     is the local engine's choice for the actors' device (featurebank/sizing.py). Progress is Ray
     Data's own bar (and its dashboard, where one runs).
     """

@@ -12,6 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from featurebank.errors import InvalidArgument
+
+DECODERS = ("threads", "processes")  # how the decoding pool runs (featurebank/decoding.py)
+SHARED_MEMORY = "/dev/shm"  # where decoding processes keep their ring of decoded images
+PROCESS_DECODING_CORES = 8  # next to an accelerator, from this many cores decoding runs in processes
+PROCESS_DECODING_SHM = 1 << 30  # ...when shared memory has this much room (batch 128 × 3 at 512x384: 226 MiB)
 CPU_BATCH = 16  # ResNet50 at 512x384 on a CPU: as fast per image as larger batches, a fraction of the memory
 GPU_BATCH = 128  # fills an H100/H200 with ResNet50 at 512x384; activations stay a few GiB
 
@@ -25,14 +31,16 @@ class EngineSizes:
     batch_size: int
     decode_workers: int
     compression_workers: int
+    decoder: str = "threads"  # one of DECODERS
 
     @property
     def accelerated(self) -> bool:
         return self.device != "cpu"
 
     def describe(self) -> str:
+        decoders = {"threads": "thread", "processes": "process"}[self.decoder] if self.decode_workers == 1 else self.decoder
         return (f"{self.device}, {self.cores} cores: batch {self.batch_size}, {self.decode_workers} decoding "
-                f"thread{'s' * (self.decode_workers != 1)}, {self.compression_workers} compression "
+                f"{decoders}, {self.compression_workers} compression "
                 f"thread{'s' * (self.compression_workers != 1)}")
 
     def as_dict(self) -> dict:
@@ -47,6 +55,23 @@ def default_decode_workers(cores: int | None = None) -> int:
     """Decoding threads: every usable core but one (Pillow releases the GIL; the last core runs the
     engine's Python and the writer)."""
     return max(1, (cores or usable_cores()) - 1)
+
+
+def shared_memory_free() -> int:
+    """Bytes free in SHARED_MEMORY (0 where there is none)."""
+    try:
+        stats = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
+
+
+def default_decoder(on_accelerator: bool, cores: int) -> str:
+    """'processes' next to an accelerator with PROCESS_DECODING_CORES cores or more and room in shared
+    memory: there decoding is the limit, and a threaded pool's share of the GIL (Pillow's Python around
+    each decode) would cap it; 'threads' elsewhere, where decoding needs a fraction of a core."""
+    many = on_accelerator and cores >= PROCESS_DECODING_CORES
+    return "processes" if many and shared_memory_free() >= PROCESS_DECODING_SHM else "threads"
 
 
 def usable_cores() -> int:
@@ -86,15 +111,18 @@ def accelerator(library: str) -> str | None:
 
 def choose_sizes(library: str, *, compression: str, batch_size: int | None = None,
                  decode_workers: int | None = None, compression_workers: int | None = None,
-                 device: str | None = None, cores: int | None = None) -> EngineSizes:
+                 decoder: str | None = None, device: str | None = None, cores: int | None = None) -> EngineSizes:
     """Sizes for a run of a ``library`` backbone; the ones given are kept as they are.
 
     - batch: GPU_BATCH on an accelerator, CPU_BATCH on the CPU;
-    - decoding threads: every core but one (Pillow releases the GIL; the last core runs the
-      engine's Python and the writer);
+    - decoders: every core but one (Pillow releases the GIL; the last core runs the engine's
+      Python and the writer); processes next to an accelerator with 8 cores or more (``default_decoder``),
+      threads elsewhere;
     - compression threads (zstd only): half the cores next to a GPU, where the CPU is otherwise
       idle; on the CPU every core, at low priority, so that they fill the backbone's idle moments.
     """
+    if decoder is not None and decoder not in DECODERS:
+        raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
     cores = cores or usable_cores()
     device = device or accelerator(library) or "cpu"
     on_gpu = device != "cpu"
@@ -103,5 +131,6 @@ def choose_sizes(library: str, *, compression: str, batch_size: int | None = Non
         device=device, cores=cores,
         batch_size=batch_size or default_batch_size(on_gpu),
         decode_workers=decode_workers or default_decode_workers(cores),
+        decoder=decoder or default_decoder(on_gpu, cores),
         compression_workers=compression_workers or (0 if not compressing else max(1, cores // 2) if on_gpu else cores),
     )

@@ -17,8 +17,10 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
                           cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
-    for name in ("forward_img_s", "decode_img_s", "write_img_s", "extract_img_s"):
+    for name in ("forward_img_s", "decode_threads_img_s", "decode_processes_img_s", "write_img_s", "extract_img_s"):
         assert figures[name] > 0, name
+    assert figures["decode_img_s"] == figures["decode_threads_img_s"]  # the engine decodes in threads on a CPU
+    assert figures["in_flight_equal"] is True
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
     assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given

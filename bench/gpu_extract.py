@@ -1,7 +1,8 @@
 """Where extraction's time goes, on any machine: forward, decode, write and end-to-end img/s, in one run.
 
     python bench/gpu_extract.py [--images 10000] [--source ../shared/datasets/trashnet] [--backbone resnet50]
-                                [--weights none] [--batch-size 64] [--compression none] [--store maps] [--json FILE]
+                                [--weights none] [--batch-size 64] [--workers N] [--compression none] [--store maps]
+                                [--json FILE]
 
 Makes --images distinct JPEGs by re-encoding --source photos at varied JPEG quality (every file's
 bytes differ, so nothing is deduplicated), then measures on this machine (CPU or GPU, whatever
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--weights", default="none")
     parser.add_argument("--input-size", default=None, help="HxW [the backbone's]")
     parser.add_argument("--batch-size", type=int, default=None, help="[the engine's choice for the device]")
+    parser.add_argument("--workers", type=int, default=None, help="decoders [the engine's choice for the cores]")
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--compression", default="none")
     parser.add_argument("--store", default="maps")
@@ -99,7 +101,8 @@ def main() -> None:
     spec = get_backbone(args.backbone)
     size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
-    sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size)
+    sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size,
+                         decode_workers=args.workers)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
     args.batch_size = sizes.batch_size
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
@@ -151,7 +154,7 @@ def main() -> None:
 
         report = featurebank.extract(data, backbone=args.backbone, cache=work / "cache", weights=args.weights,
                                      input_size=size, batch_size=args.batch_size, dtype=args.dtype,
-                                     compression=args.compression, store=args.store)
+                                     compression=args.compression, store=args.store, decode_workers=args.workers)
         figures["extract_img_s"] = report.new / (report.seconds - report.build_seconds)
         figures["extract_img_s_with_build"] = report.images_per_s
         limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])

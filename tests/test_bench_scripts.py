@@ -21,6 +21,7 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
         assert figures[name] > 0, name
     assert figures["decode_img_s"] == figures["decode_threads_img_s"]  # the engine decodes in threads on a CPU
     assert figures["in_flight_equal"] is True
+    assert figures["extract_steady_img_s"] > 0 and figures["extract_steady_vs_limit"] > 0
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
     assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given

@@ -27,3 +27,4 @@ run resnet50-float16-zstd --backbone resnet50 --compression zstd
 run resnet50-pooled --backbone resnet50 --store pooled
 run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd
 ls "$OUT"
+python3 bench/gpu_targets.py "$OUT" | tee "$OUT/targets.md"

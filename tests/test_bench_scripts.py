@@ -25,6 +25,13 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
     assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given
+    (tmp_path / "runs").mkdir()
+    out.rename(tmp_path / "runs" / "lite0-pretrained-zstd.json")
+    table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
+                           text=True, timeout=60)
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+    assert table.returncode == 0 and len(rows) == 5, table.stderr
+    assert rows[1].endswith("not run |") and rows[4].endswith("| missed |")  # a CPU does not make 3000 img/s
 
 
 def test_claims_bench_runs_both_ways(tmp_path):

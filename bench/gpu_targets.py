@@ -1,0 +1,54 @@
+"""Issue 11's targets against the figures of one `bench/gpu_run.sh` call, as Markdown rows for BENCHMARKS.md.
+
+    python bench/gpu_targets.py OUT_FOLDER
+
+Reads the JSON files gpu_run.sh wrote (one per gpu_extract.py run) and prints, for each run, its
+forward, decode (threads and processes), write and end-to-end img/s, the ratio to
+min(forward, decode, write), and the issue's target for that run with met / missed. The
+end-to-end figure judged is the whole run's (model build excluded); the rate after the first
+batch is shown beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# run name → (what the issue asks of it, img/s floor, ratio floor or None)
+TARGETS = {
+    "resnet50-float16-none": ("uncompressed float16 maps: ≥ 0.9 of min(forward, decode, write) and ≥ 1400 img/s",
+                              1400, 0.9),
+    "resnet50-float16-zstd": ("compressed, random ResNet50 maps (dense): reported beside Lite0", 0, None),
+    "resnet50-pooled": ("pooled vectors only: ≥ 5000 img/s", 5000, None),
+    "lite0-pretrained-zstd": ("compressed full maps, pretrained Lite0: ≥ 3000 img/s", 3000, None),
+}
+
+
+def verdict(figures: dict, floor: float, ratio: float | None) -> str:
+    if not floor and ratio is None:
+        return "reported"
+    met = figures["extract_img_s"] >= floor and (ratio is None or figures["extract_vs_limit"] >= ratio)
+    return "met" if met else "missed"
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/gpu-out")
+    device = (out / "device.txt").read_text().strip() if (out / "device.txt").is_file() else "(no nvidia-smi)"
+    print(f"device: {device}")
+    print("| run | forward | decode threads / processes | write | extract (after 1st batch) | ratio | target | |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (target, floor, ratio) in TARGETS.items():
+        path = out / f"{name}.json"
+        if not path.is_file():
+            print(f"| {name} | | | | | | {target} | not run |")
+            continue
+        f = json.loads(path.read_text())
+        print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {f['decode_threads_img_s']:.0f} / "
+              f"{f['decode_processes_img_s']:.0f} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
+              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {target} | "
+              f"{verdict(f, floor, ratio)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featurebank.device import Pending, PinnedCopies
 from featurebank.errors import InvalidArgument, WeightsError
 from featurebank.scan import file_sha256  # noqa: F401  (re-exported for backbone modules)
 
@@ -137,30 +138,6 @@ def keras_feature_function(
     return KerasFeatureFunction(model, batch_size)
 
 
-class Pending:
-    """A batch whose work was started, perhaps still running on the device: ``result()`` waits and returns it.
-
-    ``ready`` is True when nothing is left to wait for (the work ran on the host, synchronously): the
-    embedding loop hands such a batch on at once, and keeps an unready one in flight while it starts
-    the next, so that the device computes batch k+1 while batch k is copied out.
-    """
-
-    def __init__(self, fetch: Callable[[], object], *, ready: bool = False):
-        self._fetch: Callable[[], object] | None = fetch
-        self._value: object = None
-        self.ready = ready
-
-    @classmethod
-    def done(cls, value) -> Pending:
-        return cls(lambda: value, ready=True)
-
-    def result(self):
-        if self._fetch is not None:
-            self._value, self._fetch = self._fetch(), None
-            self.ready = True
-        return self._value
-
-
 class KerasFeatureFunction:
     """Runs a Keras model on fixed-size batches (the last one padded) so it is compiled once.
 
@@ -170,7 +147,10 @@ class KerasFeatureFunction:
     stored bytes come back to the host. The cast rounds the float32 forward's own values, so a
     float16 cache holds exactly what casting on the host would give. On the JAX backend ``submit``
     returns as soon as the step is dispatched, and the outputs start copying to the host when the
-    device has them (``copy_to_host_async``), so the host prepares the next batch meanwhile.
+    device has them (``copy_to_host_async``); on the torch backend the model is called directly and
+    the batch moves through ``PinnedCopies`` (on CUDA: pinned buffers, copies out on their own
+    stream). Either way the host prepares the next batch meanwhile. TensorFlow's
+    ``predict_on_batch`` waits.
     """
 
     def __init__(self, model, batch_size: int):
@@ -178,6 +158,7 @@ class KerasFeatureFunction:
         self.batch_size = batch_size
         self._embed_models: dict[str, object] = {}
         self._jax_steps: dict[tuple[str, bool], Callable] = {}
+        self._torch_copies: PinnedCopies | None = None
 
     def _padded(self, images: np.ndarray) -> np.ndarray:
         if len(images) < self.batch_size:
@@ -225,22 +206,38 @@ class KerasFeatureFunction:
         from featurebank.quiet import import_keras
 
         name, count = np.dtype(dtype).name, len(images)
-        on_jax = import_keras().backend.backend() == "jax"
-        if on_jax:
+        backend = import_keras().backend.backend()
+        if backend == "torch":
+            copying = self._submit_on_torch(name, self._padded(images), maps)
+            return Pending(lambda: self._unpack(list(copying.result().values()), count, maps), ready=copying.ready)
+        if backend == "jax":
             outputs = self._jax_step(name, maps)(self._padded(images))
             for output in outputs:
                 output.copy_to_host_async()
-        else:
-            outputs = self._embed_model(name).predict_on_batch(self._padded(images))
-            outputs = outputs if maps else outputs[1:]
+            return Pending(lambda: self._unpack(outputs, count, maps))
+        outputs = self._embed_model(name).predict_on_batch(self._padded(images))
+        return Pending.done(self._unpack(outputs if maps else outputs[1:], count, maps))
 
-        def fetch():
-            arrays = [np.asarray(output)[:count] for output in outputs]
-            stored = arrays.pop(0) if maps else None
-            return stored, {"avg": arrays[0].astype(np.float32, copy=False),
-                            "max": arrays[1].astype(np.float32, copy=False)}
+    def _submit_on_torch(self, name: str, images: np.ndarray, maps: bool) -> Pending:
+        """Keras on its torch backend: the model called under no_grad, the batch moved by PinnedCopies."""
+        import torch
 
-        return Pending(fetch) if on_jax else Pending.done(fetch())
+        model = self._embed_model(name)
+        if self._torch_copies is None:
+            self._torch_copies = PinnedCopies(torch, model.weights[0].value.device)
+        copies = self._torch_copies
+        slot = copies.take_slot()
+        with torch.no_grad():
+            stored, avg, largest = model(copies.to_device(images, slot), training=False)
+        outputs = {"maps": stored, "avg": avg, "max": largest} if maps else {"avg": avg, "max": largest}
+        return copies.copy_out(outputs, slot)
+
+    @staticmethod
+    def _unpack(outputs, count: int, maps: bool) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """([maps,] avg, max) of the padded batch → (maps or None, {'avg', 'max'} float32) of its first ``count``."""
+        arrays = [np.asarray(output)[:count] for output in outputs]
+        stored = arrays.pop(0) if maps else None
+        return stored, {"avg": arrays[0].astype(np.float32, copy=False), "max": arrays[1].astype(np.float32, copy=False)}
 
     def embed(self, images: np.ndarray, dtype, *, maps: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""

@@ -20,10 +20,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from featurebank.backbones import Backbone, Pending, get_backbone
+from featurebank.backbones import Backbone, get_backbone
 from featurebank.cache import pooled_vectors
-from featurebank.errors import InvalidArgument
 from featurebank.decoding import decoded_batches
+from featurebank.device import Pending
+from featurebank.errors import InvalidArgument
 
 AUGMENTS = ("none", "hflip-mean")
 T = TypeVar("T")

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.backbones import Backbone, Pending, available_backbones, get_backbone, weights_identity
+from featurebank.backbones import Backbone, available_backbones, get_backbone, weights_identity
 from featurebank.cache import DTYPES, STORES, configure_array_pool, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
+from featurebank.device import Pending
 from featurebank.embed import AUGMENTS, Embedder, embed_files
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.images import lower_thread_priority

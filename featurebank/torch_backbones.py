@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from featurebank.backbones import Backbone, FeatureFunction, Pending, file_sha256, register
+from featurebank.backbones import Backbone, FeatureFunction, file_sha256, register
 from featurebank.cache import STAGES
+from featurebank.device import Pending, PinnedCopies
 from featurebank.errors import WeightsError
 
 LITE_MEAN, LITE_STD = 127.0, 128.0  # the TF Lite models' input normalisation (efficientnet_lite_builder.py)
@@ -27,28 +28,16 @@ def _import(module: str):
         raise WeightsError(f"the EfficientNet-Lite backbones need the Python package {module!r}; {_INSTALL_HINT}") from None
 
 
-class _PinnedSlot:
-    """Pinned host buffers for one batch in flight (input pixels and outputs), and the event of its copy out."""
-
-    def __init__(self):
-        self.buffers: dict[str, object] = {}
-        self.copied = None  # CUDA event recorded after the outputs' copies were queued
-        self.generation = 0  # bumped at each reuse: a Pending of an older batch can tell its buffers were taken
-
-
 class TorchFeatureFunction:
     """uint8 NHWC numpy batch → normalised NCHW tensor on the device → feature maps.
 
     ``__call__`` returns float32 NHWC numpy. ``submit``/``embed`` cast to the stored dtype and pool
     on the device, so only the stored bytes cross back. With ``stages`` they also return the
     avg-pooled outputs of the modules named in ``stage_layers`` (forward hooks; one forward pass),
-    concatenated. On CUDA the pixels go in and the outputs come out through pinned host buffers
-    of two alternating slots, and the copies out run on a stream of their own after an event of the
-    compute stream: ``submit`` returns once the work is queued, so the device computes batch k+1
-    while batch k is copied out and read. At most two batches may be in flight at once.
+    concatenated. On CUDA the batches move through ``PinnedCopies`` (featurebank/device.py):
+    ``submit`` returns once the work is queued, so the device computes batch k+1 while batch k is
+    copied out and read. At most two batches may be in flight at once.
     """
-
-    SLOTS = 2
 
     def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = ()):
         import torch
@@ -58,9 +47,7 @@ class TorchFeatureFunction:
         self.model = model.to(self.device).eval()
         self.mean, self.std = mean, std
         self.stage_layers = tuple(stage_layers)
-        self._slots = [_PinnedSlot() for _ in range(self.SLOTS)]
-        self._next_slot = 0
-        self._copy_stream = torch.cuda.Stream() if self.device.type == "cuda" else None
+        self.copies = PinnedCopies(torch, self.device)
         self._stage_means: list | None = None  # filled by the hooks while a stages forward runs
         modules = dict(self.model.named_modules())
         for layer in self.stage_layers:
@@ -70,60 +57,16 @@ class TorchFeatureFunction:
         if self._stage_means is not None:
             self._stage_means.append(output.float().mean(dim=(2, 3)))
 
-    def _take_slot(self) -> _PinnedSlot:
-        """The next slot, once the copies of the batch that used it last have finished."""
-        slot = self._slots[self._next_slot]
-        self._next_slot = (self._next_slot + 1) % self.SLOTS
-        if slot.copied is not None:
-            slot.copied.synchronize()
-        slot.generation += 1
-        return slot
-
-    def _pinned(self, slot: _PinnedSlot, name: str, shape, dtype):
-        buffer = slot.buffers.get(name)
-        if buffer is None or tuple(buffer.shape) != tuple(shape) or buffer.dtype != dtype:
-            buffer = self.torch.empty(tuple(shape), dtype=dtype, pin_memory=True)
-            slot.buffers[name] = buffer
-        return buffer
-
-    def _forward(self, images: np.ndarray, slot: _PinnedSlot):
-        torch = self.torch
-        x = torch.from_numpy(np.require(images, requirements=["C", "W"]))
-        if self.device.type == "cuda":
-            x = self._pinned(slot, "in", x.shape, torch.uint8).copy_(x)
-        x = x.to(self.device, non_blocking=True)
+    def _forward(self, images: np.ndarray, slot):
+        x = self.copies.to_device(images, slot)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
         return self.model.extract_features(x).permute(0, 2, 3, 1)  # NHWC float32 on the device
 
-    def _copy_out(self, outputs: dict, slot: _PinnedSlot) -> Pending:
-        """A Pending of {name: numpy copy} of the device tensors ``outputs``."""
-        if self.device.type != "cuda":
-            return Pending.done({name: tensor.numpy().copy() for name, tensor in outputs.items()})
-        torch = self.torch
-        computed = torch.cuda.Event()
-        computed.record()
-        with torch.cuda.stream(self._copy_stream):
-            self._copy_stream.wait_event(computed)
-            host = {name: self._pinned(slot, name, tensor.shape, tensor.dtype).copy_(tensor, non_blocking=True)
-                    for name, tensor in outputs.items()}
-            slot.copied = copied = torch.cuda.Event()
-            copied.record(self._copy_stream)
-        generation = slot.generation
-
-        def fetch() -> dict:
-            copied.synchronize()  # ``outputs`` stays referenced until here: the allocator cannot reuse it earlier
-            if slot.generation != generation:
-                raise RuntimeError("more than two batches were in flight: this batch's host buffers were reused")
-            arrays = {name: buffer.numpy().copy() for name, buffer in host.items()}
-            outputs.clear()
-            return arrays
-
-        return Pending(fetch)
-
     def __call__(self, images: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            slot = self._take_slot()
-            return self._copy_out({"maps": self._forward(images, slot).float().contiguous()}, slot).result()["maps"]
+            slot = self.copies.take_slot()
+            maps = self._forward(images, slot).float().contiguous()
+            return self.copies.copy_out({"maps": maps}, slot).result()["maps"]
 
     def submit(self, images: np.ndarray, dtype, *, stages: bool = False, maps: bool = True) -> Pending:
         """Start embedding ``images``; the Pending gives (maps in ``dtype`` or None, {'avg', 'max'[, 'stages']} float32).
@@ -132,7 +75,7 @@ class TorchFeatureFunction:
         """
         torch = self.torch
         with torch.inference_mode():
-            slot = self._take_slot()
+            slot = self.copies.take_slot()
             self._stage_means = [] if stages else None
             try:
                 features = self._forward(images, slot).float()
@@ -143,7 +86,7 @@ class TorchFeatureFunction:
                 self._stage_means = None
             if maps:
                 outputs["maps"] = features.to(getattr(torch, np.dtype(dtype).name)).contiguous()
-            copying = self._copy_out(outputs, slot)
+            copying = self.copies.copy_out(outputs, slot)
 
         def split() -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
             arrays = copying.result()

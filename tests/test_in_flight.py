@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from featurebank.backbones import Pending, get_backbone
+from featurebank.backbones import get_backbone
+from featurebank.device import Pending
 from featurebank.embed import Embedder, in_flight
 
 
@@ -81,3 +82,35 @@ def test_keras_on_jax_keeps_a_batch_in_flight_and_gives_the_same_features():
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", JAX_IN_FLIGHT], capture_output=True, text=True, env=env, timeout=300)
     assert done.stdout.split() == ["asynchronous", "True", "True", "[4,", "4,", "3]"], done.stderr[-2000:]
+
+
+KERAS_ON_TORCH = """
+import numpy as np
+from featurebank.backbones import get_backbone
+from featurebank.embed import Embedder, in_flight
+import keras
+assert keras.backend.backend() == "torch", keras.backend.backend()
+function = get_backbone("resnet50").build("none", (96, 64), 4)
+rng = np.random.default_rng(0)
+batches = [rng.integers(0, 256, (n, 96, 64, 3), dtype=np.uint8) for n in (4, 4, 3)]
+reference = [function(b) for b in batches]  # the float32 forward, through predict_on_batch
+one_by_one = [Embedder(function, dtype="float16")(b) for b in batches]
+overlapped = [e for _, e in in_flight(enumerate(batches), Embedder(function, dtype="float16").submit)]
+vectors = [Embedder(function, dtype="float16", keep_maps=False)(b) for b in batches]
+within = all(np.all(np.abs(e.maps.astype(np.float32) - r) <= np.abs(r) * 2.0**-11 + 2.0**-24)
+             for e, r in zip(one_by_one, reference))
+pooled = all(np.allclose(e.pooled["avg"], r.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6) and
+             np.array_equal(e.pooled["max"], r.max(axis=(1, 2))) for e, r in zip(one_by_one, reference))
+same = all(np.array_equal(a.maps, b.maps) and np.array_equal(a.pooled["avg"], b.pooled["avg"])
+           for a, b in zip(one_by_one, overlapped))
+same_vectors = all(v.maps is None and np.array_equal(v.pooled["max"], a.pooled["max"]) for v, a in zip(vectors, one_by_one))
+print(one_by_one[0].maps.dtype, within, pooled, same, same_vectors, [len(e.maps) for e in overlapped])
+"""
+
+
+def test_keras_on_torch_embeds_through_pinned_copies_within_float16_rounding():
+    """KERAS_BACKEND=torch calls the model directly (no predict_on_batch) and moves the batch with PinnedCopies."""
+    pytest.importorskip("torch", reason="needs torch (pip install -e .[offline] installs it)")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-c", KERAS_ON_TORCH], capture_output=True, text=True, env=env, timeout=300)
+    assert done.stdout.split() == ["float16", "True", "True", "True", "True", "[4,", "4,", "3]"], done.stderr[-2000:]

@@ -102,10 +102,12 @@ def in_flight(batches: Iterable[tuple[T, np.ndarray]], submit: Callable[[np.ndar
 
 def embed_files(items: Iterable[T], path_of: Callable[[T], str | Path], embedder: Embedder, *,
                 input_size: tuple[int, int], batch_size: int, workers: int | None = None,
-                failures: list | None = None, decoder: str = "threads") -> Iterator[tuple[list[T], Embedded]]:
+                failures: list | None = None, decoder: str = "threads", priority: str = "low"
+                ) -> Iterator[tuple[list[T], Embedded]]:
     """Decode ``items``' files on the decoding pool (``decoder``: threads or processes) and embed them batch by batch.
 
     Unreadable files go to ``failures`` as (item, reason), exactly as extraction reports them.
+    ``priority='low'`` lets the decoders yield the CPU to a backbone that runs on it.
     """
     yield from in_flight(decoded_batches(items, path_of, input_size, batch_size=batch_size, workers=workers,
-                                         failures=failures, decoder=decoder), embedder.submit)
+                                         failures=failures, decoder=decoder, priority=priority), embedder.submit)

@@ -277,6 +277,7 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
                 stored, failed = run_pipeline(work, embed=embed, store=plan.store, plan=plan, batch_size=batch_size,
                                               compression=compression, shard_size=shard_size,
                                               decode_workers=decode_workers, decoder=sizes.decoder,
+                                              decode_priority="normal" if sizes.accelerated else "low",
                                               progress=progress)
                 new += stored
                 failures += failed
@@ -360,6 +361,7 @@ def run_pipeline(
     decode_workers: int | None,
     progress: Progress,
     decoder: str = "threads",
+    decode_priority: str = "low",
 ) -> tuple[int, list[Skipped]]:
     """Extract ``work`` into new shards of ``store``, all committed on return; returns (images stored, failures).
 
@@ -392,7 +394,7 @@ def run_pipeline(
     try:
         for batch, embedded in embed_files(work, lambda s: s.path, embed, input_size=plan.input_size,
                                            batch_size=batch_size, workers=decode_workers, failures=failures,
-                                           decoder=decoder):
+                                           decoder=decoder, priority=decode_priority):
             if state["error"] is not None:
                 break
             writes.put((embedded, batch))

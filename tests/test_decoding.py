@@ -145,3 +145,18 @@ def test_extraction_with_either_decoder_stores_the_same_features(tmp_path, make_
     assert sorted(features["threads"]) == sorted(features["processes"]) and len(features["threads"]) == 24
     for path, vector in features["threads"].items():
         np.testing.assert_array_equal(vector, features["processes"][path])
+
+
+@pytest.mark.parametrize("device, priority", [("cpu", "low"), ("cuda: a GPU", "normal")])
+def test_decoders_yield_the_cpu_only_to_a_backbone_that_runs_on_it(tmp_path, make_images, monkeypatch, device,
+                                                                     priority):
+    from featurebank import embed, extraction
+
+    make_images(tmp_path / "data", 1)
+    chosen, seen = extraction.choose_sizes, []
+    monkeypatch.setattr(extraction, "choose_sizes", lambda *a, **k: chosen(*a, **{**k, "device": device}))
+    original = embed.decoded_batches
+    monkeypatch.setattr(embed, "decoded_batches", lambda *a, **k: seen.append(k["priority"]) or original(*a, **k))
+    report = featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
+                                 decoder="threads")
+    assert report.new == 6 and report.sizes["device"] == device and seen == [priority]

@@ -132,14 +132,19 @@ class _ProcessDecoding:
             os.ftruncate(handle, needed)
         finally:
             os.close(handle)
-        self.ring = np.memmap(self.path, np.uint8, mode="r+", shape=shape)
-        self.free = deque(range(window))
-        # loky (joblib's process pool) starts fresh interpreters, never forks: the parent may run JAX, torch
-        # or TensorFlow threads, which a forked child inherits broken; and unlike multiprocessing's spawn,
-        # a caller's script needs no ``if __name__ == "__main__"`` guard.
-        from joblib.externals.loky import ProcessPoolExecutor
+        try:
+            self.ring = np.memmap(self.path, np.uint8, mode="r+", shape=shape)
+            self.free = deque(range(window))
+            # loky (joblib's process pool) starts fresh interpreters, never forks: the parent may run JAX, torch
+            # or TensorFlow threads, which a forked child inherits broken; and unlike multiprocessing's spawn,
+            # a caller's script needs no ``if __name__ == "__main__"`` guard.
+            from joblib.externals.loky import ProcessPoolExecutor
 
-        self.executor = ProcessPoolExecutor(workers, initializer=_attach_ring, initargs=(self.path, shape, low_priority))
+            self.executor = ProcessPoolExecutor(workers, initializer=_attach_ring,
+                                                initargs=(self.path, shape, low_priority))
+        except BaseException:
+            os.unlink(self.path)
+            raise
 
     def start(self, paths: list) -> Future:
         slots = [self.free.popleft() for _ in paths]

@@ -25,6 +25,7 @@ import featurebank
 from classifiers.evaluate import cross_validate
 from featurebank.backbones import get_backbone
 from featurebank.embed import Embedder
+from featurebank.extraction import resolve_manifest
 from featurebank.decoding import decode_many
 from featurebank.rows import uses_stages
 from featurebank.scan import scan_folder
@@ -46,9 +47,10 @@ MARKERS = ("<!-- bench/accuracy.py:start -->", "<!-- bench/accuracy.py:end -->")
 def seconds_per_image(name: str, data: Path, *, stages: bool) -> float:
     """Decode + forward + pooling per image on this machine, 32 photos after a warm-up batch of 8."""
     backbone, _, augment = name.partition(":")
-    manifest = {"backbone": backbone, "input_size": [512, 384], "dtype": "float16", "augment": augment or "none",
-                "store": "pooled", "stages": list(get_backbone(backbone).stages) if stages else []}
-    embedder = Embedder.for_manifest(manifest, weights="imagenet", batch_size=8)
+    spec = get_backbone(backbone)
+    manifest = resolve_manifest(spec, weights="imagenet", input_size=(512, 384), dtype="float16", store="pooled",
+                                augment=augment or "none", stages=stages)
+    embedder = Embedder.for_manifest(manifest, weights="imagenet", batch_size=8, spec=spec)
     paths = [s.path for s in scan_folder(data).samples[::60][:40]]
     embedder(decode_many(paths[:8], (512, 384))[0])
     started = time.perf_counter()

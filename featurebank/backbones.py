@@ -209,7 +209,8 @@ class KerasFeatureFunction:
         backend = import_keras().backend.backend()
         if backend == "torch":
             copying = self._submit_on_torch(name, self._padded(images), maps)
-            return Pending(lambda: self._unpack(list(copying.result().values()), count, maps), ready=copying.ready)
+            names = ("maps", "avg", "max") if maps else ("avg", "max")
+            return Pending(lambda: self._unpack([copying.result()[n] for n in names], count, maps), ready=copying.ready)
         if backend == "jax":
             outputs = self._jax_step(name, maps)(self._padded(images))
             for output in outputs:

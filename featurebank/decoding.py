@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from featurebank.errors import FeaturebankError
+from featurebank.errors import FeaturebankError, InvalidArgument
 from featurebank.images import ImageDecodeError, decode_failure, load_image, lower_thread_priority
 from featurebank.sizing import DECODERS, SHARED_MEMORY, default_decode_workers, shared_memory_free
 
@@ -54,6 +54,7 @@ class _ThreadDecoding:
     chunk = 1
 
     def __init__(self, workers: int, size: tuple[int, int], window: int, low_priority: bool):
+        """``window`` is the processes' ring size; threads hand their arrays over and need no ring."""
         self.size = size
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-decode",
                                            initializer=lower_thread_priority if low_priority else None)
@@ -183,7 +184,7 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     when they share a small CPU with a backbone. ``decoder`` is 'threads' or 'processes'.
     """
     if decoder not in DECODERS:
-        raise FeaturebankError(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
+        raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
     window = batch_size * 3
     kind = _ThreadDecoding if decoder == "threads" else _ProcessDecoding
     pool = kind(workers or default_decode_workers(), size, window, priority == "low")

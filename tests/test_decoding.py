@@ -30,10 +30,10 @@ def mixed_files(tmp_path, make_images):
     return good[:4] + [tmp_path / "missing.jpg", tmp_path / "notes.jpg"] + good[4:9] + [truncated] + good[9:]
 
 
-def decode_all(files, decoder, **options):
+def decode_all(files, decoder):
     failures = []
     batches = [(list(items), pixels.copy()) for items, pixels in decoded_batches(
-        files, lambda p: p, (32, 24), batch_size=7, workers=2, failures=failures, decoder=decoder, **options)]
+        files, lambda p: p, (32, 24), batch_size=7, workers=2, failures=failures, decoder=decoder)]
     return batches, failures
 
 

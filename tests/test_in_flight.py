@@ -77,7 +77,8 @@ print("asynchronous" if not started.ready else "synchronous", same, same_vectors
 
 
 def test_keras_on_jax_keeps_a_batch_in_flight_and_gives_the_same_features():
-    """On JAX, submit returns once the step is dispatched; overlapped batches equal one-by-one ones, bit for bit."""
+    """On JAX, submit dispatches the step and returns an unready Pending (it does not wait); overlapped batches
+    equal one-by-one ones, bit for bit. Whether the device really is still busy then is not asserted (timing)."""
     pytest.importorskip("jax", reason="needs jax (pip install -e .[test] installs it)")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", JAX_IN_FLIGHT], capture_output=True, text=True, env=env, timeout=300)

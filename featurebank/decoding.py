@@ -60,7 +60,9 @@ class _ThreadDecoding:
                                            initializer=lower_thread_priority if low_priority else None)
 
     def start(self, paths: list) -> Future:
-        return self.executor.submit(decode_files, paths, self.size)
+        task = self.executor.submit(decode_files, paths, self.size)
+        task.paths = paths
+        return task
 
     def outcomes(self, task: Future) -> list[np.ndarray | str]:
         return task.result()
@@ -181,7 +183,9 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     ``items`` may be a lazy iterable (extraction feeds claimed work as it goes). Files that fail
     to decode are appended to ``failures`` as (item, reason) and left out; without ``failures``
     the first failure raises ImageDecodeError. ``priority='low'`` runs the decoders at nice 10, for
-    when they share a small CPU with a backbone. ``decoder`` is 'threads' or 'processes'.
+    when they share a small CPU with a backbone. ``decoder`` is 'threads' or 'processes'. Files that
+    no decoder has started when they are needed are decoded by the caller's thread, which would
+    otherwise only wait: at the start, and whenever the decoders fall behind or are starved.
     """
     if decoder not in DECODERS:
         raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
@@ -207,7 +211,9 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
         fill()
         while pending:
             chunk, task = pending.popleft()
-            outcomes = pool.outcomes(task)
+            # A task no decoder has started yet is decoded here rather than waited for: the decoders are
+            # behind (or, at low priority, starved by other programs), and this thread would only wait.
+            outcomes = decode_files(task.paths, size) if task.cancel() else pool.outcomes(task)
             for item, outcome in zip(chunk, outcomes):
                 if isinstance(outcome, str):
                     if failures is None:

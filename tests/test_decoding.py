@@ -160,3 +160,34 @@ def test_decoders_yield_the_cpu_only_to_a_backbone_that_runs_on_it(tmp_path, mak
     report = featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
                                  decoder="threads")
     assert report.new == 6 and report.sizes["device"] == device and seen == [priority]
+
+
+def test_files_no_decoder_has_started_are_decoded_by_the_reader_instead_of_waited_for(tmp_path, make_images,
+                                                                                     monkeypatch):
+    """Decoders that are all busy (or starved at low priority) do not stall the reader: it decodes what is queued."""
+    import threading
+
+    files = make_images(tmp_path, 4)
+    release = threading.Event()
+    made = decoding._ThreadDecoding.__init__
+
+    def made_busy(self, *args):
+        made(self, *args)
+        self.executor.submit(release.wait, 60)  # the one decoder is busy until released (or 60 s pass)
+
+    monkeypatch.setattr(decoding._ThreadDecoding, "__init__", made_busy)
+    decoded_by, load_image = [], decoding.load_image
+    monkeypatch.setattr(decoding, "load_image",
+                        lambda path, size: decoded_by.append(threading.current_thread()) or load_image(path, size))
+    batches = []
+    try:
+        for items, pixels in decoded_batches(files, lambda p: p, (32, 24), batch_size=5, workers=1, failures=[]):
+            batches.append((list(items), pixels.copy()))
+            if len(batches) == 5:
+                release.set()  # before the pool's shutdown, which waits for its decoder
+    finally:
+        release.set()
+    assert [item for items, _ in batches for item in items] == files and [len(i) for i, _ in batches] == [5, 5, 5, 5, 4]
+    assert decoded_by == [threading.current_thread()] * len(files)  # all by the reader, none waited for
+    np.testing.assert_array_equal(np.concatenate([p for _, p in batches]),
+                                  np.stack([load_image(f, (32, 24)) for f in files]))

@@ -79,3 +79,14 @@ def test_helper_cpu_bench_decodes_and_writes(tmp_path, make_images):
     assert report["decode"]["images"] == 8 and report["decode"]["cpu_ms"] >= 0
     for compression in ("none", "zstd"):
         assert len(report[f"write_{compression}"]["shards"]) == 2
+
+
+def test_helper_priority_bench_alternates_the_modes(tmp_path, make_images):
+    make_images(tmp_path / "data", 2)
+    done = subprocess.run([sys.executable, "helper_priority.py", "--data", str(tmp_path / "data"), "--backbone",
+                           "rgb-stats", "--repeats", "2", "--modes", "nice10,idle"], cwd=BENCH, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rates = json.loads(done.stdout.splitlines()[-1])
+    assert [len(rates[k]) for k in ("backbone", "nice10", "idle")] == [3, 2, 2]
+    assert "nice10: extraction / backbone" in done.stdout and "idle: extraction / backbone" in done.stdout

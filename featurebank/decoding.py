@@ -65,7 +65,10 @@ class _ThreadDecoding:
         return task
 
     def outcomes(self, task: Future) -> list[np.ndarray | str]:
-        return task.result()
+        # A task no thread has started yet is decoded here rather than waited for: the decoders are behind (or, at
+        # low priority, starved by other programs), and this thread would only wait. Processes never do this: they
+        # keep a crash in the image library out of the engine's process, and a dead one must stop the run.
+        return decode_files(task.paths, self.size) if task.cancel() else task.result()
 
     def release(self, task: Future) -> None:
         pass
@@ -183,9 +186,10 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     ``items`` may be a lazy iterable (extraction feeds claimed work as it goes). Files that fail
     to decode are appended to ``failures`` as (item, reason) and left out; without ``failures``
     the first failure raises ImageDecodeError. ``priority='low'`` runs the decoders at nice 10, for
-    when they share a small CPU with a backbone. ``decoder`` is 'threads' or 'processes'. Files that
-    no decoder has started when they are needed are decoded by the caller's thread, which would
-    otherwise only wait: at the start, and whenever the decoders fall behind or are starved.
+    when they share a small CPU with a backbone. ``decoder`` is 'threads' or 'processes'. With
+    threads, files that no decoder has started when they are needed are decoded by the caller's
+    thread, which would otherwise only wait: at the start, and whenever the decoders fall behind or
+    are starved.
     """
     if decoder not in DECODERS:
         raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
@@ -211,9 +215,7 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
         fill()
         while pending:
             chunk, task = pending.popleft()
-            # A task no decoder has started yet is decoded here rather than waited for: the decoders are
-            # behind (or, at low priority, starved by other programs), and this thread would only wait.
-            outcomes = decode_files(task.paths, size) if task.cancel() else pool.outcomes(task)
+            outcomes = pool.outcomes(task)
             for item, outcome in zip(chunk, outcomes):
                 if isinstance(outcome, str):
                     if failures is None:

@@ -105,6 +105,10 @@ def device_description() -> str:
         import keras
 
         parts.append(f"keras {keras.__version__} on {keras.backend.backend()}")
+        if keras.backend.backend() == "jax":
+            import jax
+
+            parts.append(f"jax {jax.__version__} {jax.devices()[0].device_kind}")
     except ImportError:
         pass
     return ", ".join(parts)

@@ -20,7 +20,7 @@ run() {  # name, then gpu_extract.py options
   echo "== $name"
   timeout 130 python3 bench/gpu_extract.py --images "$IMAGES" --forward-images "$FORWARD" --source "$source" \
     --data-dir /tmp/gpu-jpegs \
-    --json "$OUT/$name.json" "$@" 2>&1 | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -4
+    --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -4
 }
 run resnet50-float16-none --backbone resnet50 --compression none
 run resnet50-float16-zstd --backbone resnet50 --compression zstd

@@ -25,6 +25,7 @@ from featurebank.embed import AUGMENTS
 from featurebank.extraction import ENGINES
 from featurebank.errors import FeaturebankError
 from featurebank.load import VECTOR_POOLINGS
+from featurebank.pipeline import describe_stages
 from featurebank.sizing import DECODERS, EngineSizes
 
 
@@ -195,6 +196,8 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
             f"{report.seconds:.1f} s ({report.images_per_s:.1f} images/s) → {report.cache_file}",
             err=True,
         )
+        if report.stage_seconds:
+            click.echo(describe_stages(report.stage_seconds), err=True)
     if strict and report.skipped:
         sys.exit(1)
 

@@ -44,6 +44,7 @@ from featurebank.cache import configure_array_pool
 from featurebank.decoding import decoded_batches
 from featurebank.images import load_image
 from featurebank.index import FeatureStore
+from featurebank.pipeline import describe_stages
 from featurebank.sizing import choose_sizes
 
 
@@ -194,6 +195,7 @@ def main() -> None:
         figures["extract_img_s"] = report.new / (report.seconds - report.build_seconds)
         figures["extract_img_s_with_build"] = report.images_per_s
         figures["extract_steady_img_s"] = batches.steady_img_s()
+        figures["extract_stage_seconds"] = report.stage_seconds
         limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
         figures["extract_vs_limit"] = figures["extract_img_s"] / limit
         figures["extract_steady_vs_limit"] = figures["extract_steady_img_s"] / limit
@@ -204,6 +206,7 @@ def main() -> None:
               f"{figures['extract_img_s_with_build']:.1f} with it) = {figures['extract_vs_limit']:.3f} of "
               f"min(forward, decode, write); after its first batch (JIT compilation, pools starting) "
               f"{figures['extract_steady_img_s']:.1f} img/s = {figures['extract_steady_vs_limit']:.3f}")
+        print(f"extract {describe_stages(report.stage_seconds)}, in {report.seconds - report.build_seconds:.1f} s")
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))

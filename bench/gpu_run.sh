@@ -20,11 +20,13 @@ run() {  # name, then gpu_extract.py options
   echo "== $name"
   timeout 130 python3 bench/gpu_extract.py --images "$IMAGES" --forward-images "$FORWARD" --source "$source" \
     --data-dir /tmp/gpu-jpegs \
-    --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -4
+    --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -5
 }
 run resnet50-float16-none --backbone resnet50 --compression none
 run resnet50-float16-zstd --backbone resnet50 --compression zstd
 run resnet50-pooled --backbone resnet50 --store pooled
 run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd
+# Not a target: the same with 8 decoding processes instead of the engine's 15, to see whether they crowd the rest.
+run lite0-pretrained-zstd-8-decoders --backbone efficientnet-lite0 --weights imagenet --compression zstd --workers 8
 ls "$OUT"
 python3 bench/gpu_targets.py "$OUT" | tee "$OUT/targets.md"

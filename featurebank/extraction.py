@@ -1,7 +1,6 @@
-"""The extraction engine: claimed work → decoding pool → embedder → writer thread → shards → index.
+"""The extraction engine: claimed work → pipeline (decoding pool → embedder → writer thread) → shards → index.
 
-Decoding, the forward pass and writing overlap: while the backbone runs batch *k*, the decoding
-pool decodes batch *k+1* (Pillow releases the GIL) and the writer thread stores batch *k-1*. Only
+The pipeline (featurebank/pipeline.py) overlaps decoding, the forward pass and writing. Only
 images whose content hash has no stored features are decoded at all, and the backbone is built
 only when there is something to compute. Work is claimed bucket by bucket (featurebank/claims.py),
 so several processes on one cache compute each image once between them.
@@ -10,8 +9,6 @@ so several processes on one cache compute each image once between them.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +19,10 @@ import numpy as np
 from featurebank.backbones import Backbone, available_backbones, get_backbone, weights_identity
 from featurebank.cache import DTYPES, STORES, configure_array_pool, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
-from featurebank.device import Pending
-from featurebank.embed import AUGMENTS, Embedder, embed_files
+from featurebank.embed import AUGMENTS, Embedder
 from featurebank.errors import CacheError, InvalidArgument
-from featurebank.images import lower_thread_priority
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
+from featurebank.pipeline import LazyEmbedder, StageClock, run_pipeline
 from featurebank.scan import Sample, ScanResult, Skipped, scan_folder
 from featurebank.sizing import EngineSizes, choose_sizes
 from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
@@ -53,6 +49,7 @@ class ExtractReport:
     workers: int = 1  # processes that computed features in this run (Ray: actors)
     nodes: int = 1  # machines whose processes committed shards in this run
     sizes: dict | None = None  # batch, decoding and compression threads the engine ran with (None: nothing to do)
+    stage_seconds: dict | None = None  # where the local engine's time went (featurebank.pipeline.STAGES)
 
     @property
     def images_per_s(self) -> float:
@@ -64,7 +61,7 @@ class ExtractReport:
             "new": self.new, "cached": self.cached, "skipped": [s.as_dict() for s in self.skipped],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2), "classes": self.classes,
             "build_seconds": round(self.build_seconds, 3), "engine": self.engine, "workers": self.workers,
-            "nodes": self.nodes, "sizes": self.sizes,
+            "nodes": self.nodes, "sizes": self.sizes, "stage_seconds": self.stage_seconds,
         }
 
 
@@ -253,6 +250,7 @@ def extract(
         new=new, cached=images - new if images >= new else 0, skipped=plan.skipped,
         seconds=time.perf_counter() - started, classes=plan.classes, build_seconds=build_seconds,
         engine=engine, workers=outcome["workers"], nodes=outcome.get("nodes", 1), sizes=outcome.get("sizes"),
+        stage_seconds=outcome.get("stage_seconds"),
     )
 
 
@@ -269,7 +267,7 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     progress.engine(sizes)
     embed = LazyEmbedder(lambda: Embedder.for_manifest(plan.store.manifest, weights=weights, batch_size=batch_size,
                                                        spec=plan.spec))
-    new, failures = 0, []
+    new, failures, clock = 0, [], StageClock()
     progress.start(len(todo))
     try:
         with WorkClaims(plan.store.shard_dir, lease_seconds=lease_seconds) as claims:
@@ -278,13 +276,13 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
                                               compression=compression, shard_size=shard_size,
                                               decode_workers=decode_workers, decoder=sizes.decoder,
                                               decode_priority="normal" if sizes.accelerated else "low",
-                                              progress=progress)
+                                              progress=progress, clock=clock)
                 new += stored
                 failures += failed
     finally:
         progress.finish()
     return {"new": new, "failures": failures, "workers": 1, "build_seconds": embed.build_seconds,
-            "sizes": sizes.as_dict()}
+            "sizes": sizes.as_dict(), "stage_seconds": clock.as_dict()}
 
 
 def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureStore, state: StoredState,
@@ -326,86 +324,8 @@ def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureSto
         pending = [b for b in waiting if any(s.sha256 not in state for s in buckets[b])]
 
 
-class LazyEmbedder:
-    """Builds the embedder on the first batch (a no-op run never loads the backbone), then reuses it."""
-
-    def __init__(self, build: Callable[[], Embedder]):
-        self.build = build
-        self.embedder: Embedder | None = None
-        self.build_seconds = 0.0
-
-    def submit(self, images) -> Pending:
-        if self.embedder is None:
-            started = time.perf_counter()
-            self.embedder = self.build()
-            self.build_seconds = time.perf_counter() - started
-        return self.embedder.submit(images)
-
-
 def _folder_stamp(folder: Path) -> int:
     try:
         return folder.stat().st_mtime_ns
     except OSError:
         return 0
-
-
-def run_pipeline(
-    work: Iterator[Sample] | Sequence[Sample],
-    *,
-    embed: Embedder | LazyEmbedder,
-    store: FeatureStore,
-    plan: ExtractionPlan,
-    batch_size: int,
-    compression: str,
-    shard_size: int,
-    decode_workers: int | None,
-    progress: Progress,
-    decoder: str = "threads",
-    decode_priority: str = "low",
-) -> tuple[int, list[Skipped]]:
-    """Extract ``work`` into new shards of ``store``, all committed on return; returns (images stored, failures).
-
-    On an exception or Ctrl-C, every batch already computed is still committed before it propagates.
-    """
-    failures: list = []
-    writes: queue.Queue = queue.Queue(maxsize=2)
-    state = {"writer": None, "error": None, "stored": 0}
-
-    def write_loop() -> None:
-        lower_thread_priority()
-        while (item := writes.get()) is not None:
-            if state["error"] is not None:
-                continue
-            embedded, batch = item
-            try:
-                if state["writer"] is None:
-                    shape = embedded.maps.shape[1:] if embedded.maps is not None else ()
-                    state["writer"] = store.shard_writer(feature_shape=shape, compression=compression,
-                                                         shard_size=shard_size, classes=plan.classes)
-                state["writer"].write(embedded.maps, embedded.pooled, [s.sha256 for s in batch],
-                                      [s.relpath for s in batch], [s.label for s in batch],
-                                      [plan.splits[s.sha256] for s in batch])
-                state["stored"] += len(batch)
-            except BaseException as exc:  # surfaced on the main thread
-                state["error"] = exc
-
-    writer_thread = threading.Thread(target=write_loop, name="featurebank-writer", daemon=True)
-    writer_thread.start()
-    try:
-        for batch, embedded in embed_files(work, lambda s: s.path, embed, input_size=plan.input_size,
-                                           batch_size=batch_size, workers=decode_workers, failures=failures,
-                                           decoder=decoder, priority=decode_priority):
-            if state["error"] is not None:
-                break
-            writes.put((embedded, batch))
-            progress.advance(len(batch))
-    finally:
-        writes.put(None)
-        writer_thread.join()
-        if state["writer"] is not None and state["error"] is None:
-            state["writer"].close()
-        elif state["writer"] is not None:
-            state["writer"].abort()
-    if state["error"] is not None:
-        raise state["error"]
-    return state["stored"], [Skipped(str(s.path), reason) for s, reason in failures]

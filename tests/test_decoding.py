@@ -150,13 +150,13 @@ def test_extraction_with_either_decoder_stores_the_same_features(tmp_path, make_
 @pytest.mark.parametrize("device, priority", [("cpu", "low"), ("cuda: a GPU", "normal")])
 def test_decoders_yield_the_cpu_only_to_a_backbone_that_runs_on_it(tmp_path, make_images, monkeypatch, device,
                                                                      priority):
-    from featurebank import embed, extraction
+    from featurebank import extraction, pipeline
 
     make_images(tmp_path / "data", 1)
     chosen, seen = extraction.choose_sizes, []
     monkeypatch.setattr(extraction, "choose_sizes", lambda *a, **k: chosen(*a, **{**k, "device": device}))
-    original = embed.decoded_batches
-    monkeypatch.setattr(embed, "decoded_batches", lambda *a, **k: seen.append(k["priority"]) or original(*a, **k))
+    original = pipeline.decoded_batches
+    monkeypatch.setattr(pipeline, "decoded_batches", lambda *a, **k: seen.append(k["priority"]) or original(*a, **k))
     report = featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
                                  decoder="threads")
     assert report.new == 6 and report.sizes["device"] == device and seen == [priority]

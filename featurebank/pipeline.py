@@ -1,0 +1,187 @@
+"""One process's extraction pipeline: decoding pool → embedder (one batch in flight) → writer thread → shards.
+
+Decoding, the forward pass and writing overlap: while the backbone runs batch *k*, the decoding
+pool decodes batch *k+1* and the writer thread stores batch *k-1*. ``StageClock`` records where
+the engine's thread waited (for decoded pixels, for the backbone, for the writer) and how long
+the writer was busy, so a run says which stage bounded it (``ExtractReport.stage_seconds``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from featurebank.decoding import decoded_batches
+from featurebank.device import Pending
+from featurebank.embed import Embedder, in_flight
+from featurebank.images import lower_thread_priority
+from featurebank.index import FeatureStore
+from featurebank.scan import Sample, Skipped
+
+if TYPE_CHECKING:
+    from featurebank.extraction import ExtractionPlan, Progress
+
+T = TypeVar("T")
+
+# What each figure of StageClock means; the engine's thread's own waits come first.
+STAGES = {
+    "decode": "the engine's thread waiting for decoded pixels (with threads, decoding files no decoder had started)",
+    "backbone": "handing batches to the backbone (a CPU backbone computes here; a GPU one copies in and starts)",
+    "device": "waiting for a batch in flight on the device (its compute and its copy out)",
+    "writer": "waiting for room in the writer's queue (the writer is behind)",
+    "write": "the writer thread busy storing batches (compression hand-off, shard writes and commits)",
+    "commit": "the last shard's commit after the last batch",
+}
+
+
+class StageClock:
+    """Seconds spent per stage of one pipeline (see STAGES); thread-safe, as the writer adds its own."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+    @contextmanager
+    def timing(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+    def iterate(self, stage: str, items: Iterable[T]) -> Iterator[T]:
+        """``items``, with the time spent getting each one added to ``stage``."""
+        iterator = iter(items)
+        try:
+            while True:
+                with self.timing(stage):
+                    item = next(iterator, _END)
+                if item is _END:
+                    return
+                yield item
+        finally:  # stopped early: a generator's own clean-up (a decoding pool's shutdown) runs now
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def merge(self, other: StageClock) -> None:
+        for stage, seconds in other.seconds.items():
+            self.add(stage, seconds)
+
+    def as_dict(self) -> dict[str, float]:
+        return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
+
+
+def describe_stages(seconds: dict[str, float]) -> str:
+    """One line for people: where the engine's thread waited, and how busy the writer was."""
+    return (f"time: waited {seconds['decode']:.1f} s for decoding, {seconds['backbone']:.1f} s handing batches to "
+            f"the backbone, {seconds['device']:.1f} s for the device, {seconds['writer']:.1f} s for the writer "
+            f"(busy {seconds['write']:.1f} s; last commit {seconds['commit']:.1f} s)")
+
+
+_END = object()
+
+
+class LazyEmbedder:
+    """Builds the embedder on the first batch (a no-op run never loads the backbone), then reuses it."""
+
+    def __init__(self, build: Callable[[], Embedder]):
+        self.build = build
+        self.embedder: Embedder | None = None
+        self.build_seconds = 0.0
+
+    def get(self) -> Embedder:
+        if self.embedder is None:
+            started = time.perf_counter()
+            self.embedder = self.build()
+            self.build_seconds = time.perf_counter() - started
+        return self.embedder
+
+
+def run_pipeline(
+    work: Iterator[Sample] | Sequence[Sample],
+    *,
+    embed: LazyEmbedder,
+    store: FeatureStore,
+    plan: ExtractionPlan,
+    batch_size: int,
+    compression: str,
+    shard_size: int,
+    decode_workers: int | None,
+    progress: Progress,
+    decoder: str = "threads",
+    decode_priority: str = "low",
+    clock: StageClock | None = None,
+) -> tuple[int, list[Skipped]]:
+    """Extract ``work`` into new shards of ``store``, all committed on return; returns (images stored, failures).
+
+    On an exception or Ctrl-C, every batch already computed is still committed before it propagates.
+    ``clock`` collects where the time went (a new one when None).
+    """
+    clock = clock or StageClock()
+    failures: list = []
+    writes: queue.Queue = queue.Queue(maxsize=2)
+    state = {"writer": None, "error": None, "stored": 0}
+
+    def write_loop() -> None:
+        lower_thread_priority()
+        while (item := writes.get()) is not None:
+            if state["error"] is not None:
+                continue
+            embedded, batch = item
+            try:
+                with clock.timing("write"):
+                    if state["writer"] is None:
+                        shape = embedded.maps.shape[1:] if embedded.maps is not None else ()
+                        state["writer"] = store.shard_writer(feature_shape=shape, compression=compression,
+                                                             shard_size=shard_size, classes=plan.classes)
+                    state["writer"].write(embedded.maps, embedded.pooled, [s.sha256 for s in batch],
+                                          [s.relpath for s in batch], [s.label for s in batch],
+                                          [plan.splits[s.sha256] for s in batch])
+                state["stored"] += len(batch)
+            except BaseException as exc:  # surfaced on the main thread
+                state["error"] = exc
+
+    def submit(images: np.ndarray) -> Pending:
+        embedder = embed.get()  # the build is timed apart (build_seconds)
+        with clock.timing("backbone"):
+            started = embedder.submit(images)
+
+        def result():
+            with clock.timing("device"):
+                return started.result()
+
+        return Pending(result, ready=started.ready)
+
+    writer_thread = threading.Thread(target=write_loop, name="featurebank-writer", daemon=True)
+    writer_thread.start()
+    try:
+        batches = decoded_batches(work, lambda s: s.path, plan.input_size, batch_size=batch_size,
+                                  workers=decode_workers, failures=failures, decoder=decoder, priority=decode_priority)
+        for batch, embedded in in_flight(clock.iterate("decode", batches), submit):
+            if state["error"] is not None:
+                break
+            with clock.timing("writer"):
+                writes.put((embedded, batch))
+            progress.advance(len(batch))
+    finally:
+        writes.put(None)
+        writer_thread.join()
+        if state["writer"] is not None and state["error"] is None:
+            with clock.timing("commit"):
+                state["writer"].close()
+        elif state["writer"] is not None:
+            state["writer"].abort()
+    if state["error"] is not None:
+        raise state["error"]
+    return state["stored"], [Skipped(str(s.path), reason) for s, reason in failures]

@@ -1,0 +1,47 @@
+"""Where an extraction's time went: the engine's waits per stage and the writer's busy time (ExtractReport.stage_seconds)."""
+
+import time
+
+import featurebank
+from featurebank import cache
+from featurebank.pipeline import STAGES, StageClock, describe_stages
+
+
+def test_a_run_says_where_its_time_went(tmp_path, make_images, monkeypatch):
+    """A writer slowed to 0.1 s a batch shows as ≥ 0.3 s of writing for 3 batches; the engine thread's waits fit the run."""
+    make_images(tmp_path / "data", 1)  # 6 images: 3 batches of 2
+    original = cache.ShardWriter.write
+
+    def slow_write(self, *args, **kwargs):
+        time.sleep(0.1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cache.ShardWriter, "write", slow_write)
+    report = featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
+                                 batch_size=2)
+    seconds = report.stage_seconds
+    assert report.new == 6 and set(seconds) == set(STAGES) and min(seconds.values()) >= 0
+    assert seconds["write"] >= 0.3
+    engine_thread = sum(seconds[s] for s in ("decode", "backbone", "device", "writer", "commit"))
+    assert engine_thread <= report.seconds
+    assert report.as_dict()["stage_seconds"] == seconds
+    line = describe_stages(seconds)
+    assert line.startswith("time: waited ") and f"busy {seconds['write']:.1f} s" in line
+
+
+def test_the_clock_times_each_item_fetched_and_closes_what_it_wraps():
+    clock, closed = StageClock(), []
+
+    def slow_items():
+        try:
+            for i in range(3):
+                time.sleep(0.05)
+                yield i
+        finally:
+            closed.append(True)
+
+    inner = slow_items()  # still referenced here: only an explicit close runs its clean-up now
+    items = clock.iterate("decode", inner)
+    assert next(items) == 0 and next(items) == 1
+    items.close()  # stopped early, as a failed run stops its batches
+    assert closed == [True] and clock.seconds["decode"] >= 0.1 and clock.seconds["writer"] == 0

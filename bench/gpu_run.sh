@@ -22,6 +22,8 @@ run() {  # name, then gpu_extract.py options
     --data-dir /tmp/gpu-jpegs \
     --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -5
 }
+echo "== host probe"  # what fresh memory, pinned copies and a process pool cost on this machine
+timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000' | tail -2
 run resnet50-float16-none --backbone resnet50 --compression none
 run resnet50-float16-zstd --backbone resnet50 --compression zstd
 run resnet50-pooled --backbone resnet50 --store pooled

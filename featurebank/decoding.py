@@ -31,6 +31,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from featurebank.buffers import RecycledArrays
 from featurebank.errors import FeaturebankError, InvalidArgument
 from featurebank.images import ImageDecodeError, decode_failure, load_image, lower_thread_priority
 from featurebank.sizing import DECODERS, SHARED_MEMORY, default_decode_workers, shared_memory_free
@@ -200,7 +201,8 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
         pending: deque = deque()
         source = iter(items)
         queued = 0
-        pixels = np.empty((batch_size, *size, 3), np.uint8)
+        arrays = RecycledArrays()  # a batch's pixels are reused once its consumer let go of them (buffers.py)
+        pixels = arrays.take((batch_size, *size, 3), np.uint8)
         batch: list[T] = []
 
         def fill() -> None:
@@ -226,7 +228,8 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
                 batch.append(item)
                 if len(batch) == batch_size:
                     yield batch, pixels
-                    pixels, batch = np.empty_like(pixels), []
+                    del pixels  # the consumer may hold on to it; if it does not, it can be taken again
+                    pixels, batch = arrays.take((batch_size, *size, 3), np.uint8), []
             pool.release(task)
             queued -= len(chunk)
             fill()

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from featurebank.buffers import RecycledArrays
+
 
 class Pending:
     """A batch whose work was started, perhaps still running on the device: ``result()`` waits and returns it.
@@ -65,6 +67,7 @@ class PinnedCopies:
         self._slots = [_PinnedSlot() for _ in range(self.SLOTS)]
         self._next_slot = 0
         self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        self._recycled: dict[str, RecycledArrays] = {}
 
     def take_slot(self) -> _PinnedSlot:
         """The next slot, once the copies of the batch that used it last have finished."""
@@ -108,7 +111,11 @@ class PinnedCopies:
             copied.synchronize()  # ``outputs`` stays referenced until here: the allocator cannot reuse it earlier
             if slot.generation != generation:
                 raise RuntimeError("more than two batches were in flight: this batch's host buffers were reused")
-            arrays = {name: buffer.numpy().copy() for name, buffer in host.items()}
+            arrays = {}
+            for name, buffer in host.items():  # copied out of the slot, into arrays reused once they are let go
+                pinned = buffer.numpy()
+                arrays[name] = self._recycled.setdefault(name, RecycledArrays()).take(pinned.shape, pinned.dtype)
+                np.copyto(arrays[name], pinned)
             outputs.clear()
             return arrays
 

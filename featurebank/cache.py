@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.files import HOST, MemoryFile, atomic_h5
+from featurebank.images import lower_thread_priority
 
 FORMAT_VERSION = 1  # of the shards and manifest; part of every cache key
 COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
@@ -155,7 +157,6 @@ def _array_pool():
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from featurebank.images import lower_thread_priority
         from featurebank.sizing import usable_cores
 
         workers, low = _POOL_SETTINGS if _POOL_SETTINGS[0] else (usable_cores(), False)
@@ -229,8 +230,10 @@ def open_shard(path: Path) -> h5py.File:
 class ShardWriter:
     """Appends batches to an in-memory shard and writes it out atomically every ``shard_size`` images.
 
-    ``write`` returns the (sha256, shard name, row) entries of any shard it completed; ``close``
-    commits the last, partial shard. ``maps`` may be None when only pooled vectors are stored.
+    A full shard goes to disk (write, fsync, rename) on a committer thread while the next one fills
+    a second buffer, so the disk's time and HDF5's overlap. ``write`` returns the (sha256, shard
+    name, row) entries of any shard it completed; ``close`` commits the last, partial shard and
+    returns once every shard is on disk, raising the first write-out that failed. ``maps`` may be None when only pooled vectors are stored.
     """
 
     def __init__(self, shard_dir: Path, *, feature_shape, dtype: str, compression: str, shard_size: int,
@@ -249,11 +252,17 @@ class ShardWriter:
         self._file: h5py.File | None = None  # the shard being filled, in ``self._memory``
         map_bytes = int(np.prod(self.feature_shape, dtype=np.int64)) * self.dtype.itemsize if store == "maps" else 0
         # Shards skip the page cache (featurebank/files.py); a full shard's maps, uncompressed, plus room for the rest.
-        self._memory = MemoryFile(direct=True, expected_bytes=shard_size * (map_bytes + (16 << 10)) + (1 << 20))
+        # Two buffers: while one shard is written out to disk on the committer thread, the next fills the other.
+        expected = shard_size * (map_bytes + (16 << 10)) + (1 << 20)
+        self._memories = [MemoryFile(direct=True, expected_bytes=expected) for _ in range(2)]
+        self._memory = self._memories[0]
+        self._writing_out: dict[int, Future] = {}  # index of a buffer → the write-out of the shard it holds
+        self._committer: ThreadPoolExecutor | None = None
         self._rows: dict[str, list] = {}
         self._pooled: dict[str, list] = {}  # name → float32 blocks: avg and max, and stages where stored
 
     def _open(self) -> None:
+        self._wait_for(self._memories.index(self._memory))  # its previous shard must be on disk before it is reused
         self._file = self._memory.new_h5()
         if self.store == "maps":
             self._file.create_dataset(
@@ -292,7 +301,24 @@ class ShardWriter:
         return committed
 
     def close(self) -> list[tuple[str, str, int]]:
-        return self._commit() if self._file is not None else []
+        """Commit the last shard; returns once every shard is on disk (raising the first write-out that failed)."""
+        try:
+            entries = self._commit() if self._file is not None else []
+            for buffer in range(len(self._memories)):
+                self._wait_for(buffer)
+        finally:
+            self._stop_committer()
+        return entries
+
+    def _wait_for(self, buffer: int) -> None:
+        writing = self._writing_out.pop(buffer, None)
+        if writing is not None:
+            writing.result()  # a full disk or a failing write surfaces here, on the writer's thread
+
+    def _stop_committer(self) -> None:
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
 
     def _commit(self) -> list[tuple[str, str, int]]:
         assert self._file is not None
@@ -307,16 +333,29 @@ class ShardWriter:
         fh.attrs["key"] = self.key
         fh.attrs["classes"] = json.dumps(self.classes)
         fh.attrs["feature_shape"] = list(self.feature_shape)
-        self._memory.commit(fh, self.shard_dir / name)
+        fh.close()  # HDF5 is done with the buffer: its bytes are the shard's, and they go to disk off this thread
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="featurebank-commit",
+                                                 initializer=lower_thread_priority)
+        buffer = self._memories.index(self._memory)
+        self._writing_out[buffer] = self._committer.submit(self._memory.write_out, self.shard_dir / name)
+        self._memory = self._memories[1 - buffer]
         self.sequence += 1
         return [(digest, name, row) for row, digest in enumerate(rows["sha256"])]
 
     def abort(self) -> None:
-        """Drop the shard in progress (used when extraction fails part-way); nothing of it is on disk."""
+        """Drop the shard in progress (used when extraction fails part-way); nothing of it is on disk.
+
+        Full shards already handed to the committer are still written out: their features are good.
+        """
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
+        for buffer in range(len(self._memories)):
+            with contextlib.suppress(Exception):  # the run is failing already; its own error is the one to report
+                self._wait_for(buffer)
+        self._stop_committer()
 
 
 def backfill_pooled(path: Path) -> None:

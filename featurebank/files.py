@@ -100,6 +100,10 @@ class MemoryFile:
     def commit(self, fh: h5py.File, path: Path) -> None:
         """Close ``fh`` (made by ``new_h5``) and write it to ``path`` atomically."""
         fh.close()
+        self.write_out(path)
+
+    def write_out(self, path: Path) -> None:
+        """Write the closed file in this buffer to ``path`` atomically; HDF5 is not called, so any thread may."""
         if not self.direct:
             write_atomically(path, memoryview(self._data[: self._size]))
             return

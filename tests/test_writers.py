@@ -282,3 +282,59 @@ def test_shards_written_past_the_page_cache_are_exactly_what_hdf5_wrote(tmp_path
             assert fh["paths"].asstr()[...].tolist() == [f"photo-{i}.jpg" for i in range(rows)]
     assert os.path.getsize(tmp_path / "direct-37.h5") % 4096 != 0  # cut to size, not left padded
     assert not list(tmp_path.glob(".tmp~*"))
+
+
+def _write_rows(writer, start: int, count: int) -> None:
+    rows = np.arange(start * 2, (start + count) * 2, dtype=np.float16).reshape(count, 2)
+    writer.write(rows, {"avg": rows.astype(np.float32), "max": rows.astype(np.float32)},
+                 [f"{i:064x}" for i in range(start, start + count)], [f"a/{i}.jpg" for i in range(start, start + count)],
+                 [0] * count, ["train"] * count)
+
+
+def test_a_full_shard_goes_to_disk_while_the_next_fills_and_close_waits_for_it(tmp_path, monkeypatch):
+    import threading
+
+    from featurebank.cache import ShardWriter
+
+    release, writing = threading.Event(), []
+    write_out = MemoryFile.write_out
+
+    def held_write_out(self, path):
+        writing.append(path.name)
+        assert release.wait(30)
+        write_out(self, path)
+
+    monkeypatch.setattr(MemoryFile, "write_out", held_write_out)
+    writer = ShardWriter(tmp_path, feature_shape=(2,), dtype="float16", compression="none", shard_size=4, key="k",
+                         classes=["a"])
+    _write_rows(writer, 0, 4)  # a full shard, handed to the committer thread, which is held
+    _write_rows(writer, 4, 3)  # the next shard fills meanwhile, in the other buffer
+    assert len(writing) == 1 and not list(tmp_path.glob("*.h5"))
+    release.set()
+    writer.close()
+    shards = sorted(tmp_path.glob("*.h5"))
+    assert len(shards) == 2 and not list(tmp_path.glob(".tmp~*"))
+    with h5py.File(shards[0]) as first, h5py.File(shards[1]) as second:
+        stored = np.concatenate([first["features"][...], second["features"][...]])
+    np.testing.assert_array_equal(stored, np.arange(14, dtype=np.float16).reshape(7, 2))
+
+
+def test_a_failed_write_out_is_raised_by_close_and_earlier_shards_are_kept(tmp_path, monkeypatch):
+    import errno
+
+    from featurebank.cache import ShardWriter
+
+    write_out = MemoryFile.write_out
+
+    def second_fails(self, path):
+        if path.name.endswith("-00001.h5"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_out(self, path)
+
+    monkeypatch.setattr(MemoryFile, "write_out", second_fails)
+    writer = ShardWriter(tmp_path, feature_shape=(2,), dtype="float16", compression="none", shard_size=4, key="k",
+                         classes=["a"])
+    _write_rows(writer, 0, 8)
+    with pytest.raises(OSError, match="No space"):
+        writer.close()
+    assert [p.name[-9:] for p in tmp_path.glob("*.h5")] == ["-00000.h5"]

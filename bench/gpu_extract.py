@@ -14,7 +14,10 @@ the backbone uses):
             with processes (the engine's choice is the one in the ratio)
   write     the shard writer alone (same dtype, compression and shard size), on real maps repeated
   extract   `featurebank.extract` end to end into a fresh cache, every file (model build excluded), and
-            the same after its first batch, which pays a JIT backend's compilation and the pools' start
+            the same after its first batch, which pays the pools' start and a JIT backend's compilation
+            (on JAX the forward phase left the step in the compilation cache, so extraction loads it,
+            as a user's second run would: compile_cache_entries_before_extract says so); and where
+            the engine's thread waited (ExtractReport.stage_seconds)
 and prints each img/s and extract / min(forward, decode, write). The same script runs on a GPU
 machine (see BENCHMARKS.md for how it was run there, or why not).
 """
@@ -115,6 +118,20 @@ def device_description() -> str:
     return ", ".join(parts)
 
 
+def compile_cache_entries() -> int | None:
+    """Steps in JAX's persistent compilation cache (None without JAX or a cache folder).
+
+    The forward phase compiles the same step that extraction then runs: with entries here, the
+    extraction loads it (as a user's second run would) instead of compiling it again.
+    """
+    try:
+        import jax
+    except ImportError:
+        return None
+    folder = jax.config.jax_compilation_cache_dir
+    return len(list(Path(folder).glob("jit_step*"))) if folder and Path(folder).is_dir() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
@@ -187,6 +204,7 @@ def main() -> None:
         writer.close()
         figures["write_img_s"] = args.images / (time.perf_counter() - started)
 
+        figures["compile_cache_entries_before_extract"] = compile_cache_entries()
         batches = BatchClock()
         report = featurebank.extract(data, backbone=args.backbone, cache=work / "cache", weights=args.weights,
                                      input_size=size, batch_size=args.batch_size, dtype=args.dtype,

@@ -8,6 +8,7 @@ Keras is imported only when a backbone is built, so scanning and cache look-ups 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,7 @@ class KerasFeatureFunction:
                 outputs, _ = model.stateless_call(trainable, frozen, images, training=False)
                 return outputs if maps else outputs[1:]
 
+            _use_compilation_cache(jax)
             jitted = jax.jit(step, out_shardings=_pinned_host_maps(jax, maps))
             self._jax_steps[name, maps] = lambda images: jitted(trainable, frozen, images)
         return self._jax_steps[name, maps]
@@ -244,6 +246,19 @@ class KerasFeatureFunction:
     def embed(self, images: np.ndarray, dtype, *, maps: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""
         return self.submit(images, dtype, maps=maps).result()
+
+
+def _use_compilation_cache(jax) -> None:
+    """Keep JAX's compiled embed steps on disk, unless the user chose a folder (``JAX_COMPILATION_CACHE_DIR``).
+
+    A later run, or a second model in this one, of the same backbone, batch, input size and device
+    loads its step instead of compiling it again: seconds on a GPU, where XLA tunes each
+    convolution, paid by every extraction otherwise (BENCHMARKS.md). The folder is
+    ``$XDG_CACHE_HOME/featurebank/jax`` (``~/.cache`` by default); deleting it costs only time.
+    """
+    if jax.config.jax_compilation_cache_dir is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        jax.config.update("jax_compilation_cache_dir", os.path.join(base, "featurebank", "jax"))
 
 
 def _pinned_host_maps(jax, maps: bool) -> list | None:

@@ -78,14 +78,19 @@ print("asynchronous" if not started.ready else "synchronous", same, same_vectors
 """
 
 
-def test_keras_on_jax_keeps_a_batch_in_flight_and_gives_the_same_features():
+def test_keras_on_jax_keeps_a_batch_in_flight_and_gives_the_same_features(tmp_path):
     """On JAX, submit dispatches the step and returns an unready Pending (it does not wait); overlapped batches
     equal one-by-one ones, bit for bit; the step leaves the maps in pinned host memory (a GPU copies them there by
-    DMA, not through pageable memory). Whether the device really is still busy then is not asserted (timing)."""
+    DMA, not through pageable memory), and the compiled step is kept on disk for the next run. Whether the device
+    really is still busy then is not asserted (timing)."""
     pytest.importorskip("jax", reason="needs jax (pip install -e .[test] installs it)")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     done = subprocess.run([sys.executable, "-c", JAX_IN_FLIGHT], capture_output=True, text=True, env=env, timeout=300)
     assert done.stdout.split() == ["asynchronous", "True", "True", "[4,", "4,", "3]", "pinned_host"], done.stderr[-2000:]
+    # The compiled steps were kept for the next run, in featurebank's folder under the user's cache.
+    assert any(p.name.startswith("jit_step") for p in (tmp_path / "featurebank" / "jax").iterdir())
 
 
 KERAS_ON_TORCH = """

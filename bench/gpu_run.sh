@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
-#   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=540)
+#   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=500)
+# (238 s on an H200 on 2026-11-27, the machine's start not counted; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the JSON figures land in $OUT. It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out bash bench/gpu_run.sh

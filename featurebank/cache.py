@@ -233,7 +233,8 @@ class ShardWriter:
     A full shard goes to disk (write, fsync, rename) on a committer thread while the next one fills
     a second buffer, so the disk's time and HDF5's overlap. ``write`` returns the (sha256, shard
     name, row) entries of any shard it completed; ``close`` commits the last, partial shard and
-    returns once every shard is on disk, raising the first write-out that failed. ``maps`` may be None when only pooled vectors are stored.
+    returns once every shard is on disk, raising the first write-out that failed. ``maps`` may be
+    None when only pooled vectors are stored.
     """
 
     def __init__(self, shard_dir: Path, *, feature_shape, dtype: str, compression: str, shard_size: int,

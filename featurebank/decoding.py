@@ -140,7 +140,8 @@ class _ProcessDecoding:
         finally:
             os.close(handle)
         try:
-            self.ring = np.memmap(self.path, np.uint8, mode="r+", shape=shape)
+            # A plain ndarray over the mapping: indexing a np.memmap builds a memmap per image, in the engine's thread.
+            self.ring = np.memmap(self.path, np.uint8, mode="r+", shape=shape).view(np.ndarray)
             self.free = deque(range(window))
             # loky (joblib's process pool) starts fresh interpreters, never forks: the parent may run JAX, torch
             # or TensorFlow threads, which a forked child inherits broken; and unlike multiprocessing's spawn,

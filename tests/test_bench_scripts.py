@@ -25,6 +25,7 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
     assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given
+    assert set(figures["extract_stage_seconds"]) == {"decode", "backbone", "device", "writer", "write", "commit"}
     (tmp_path / "runs").mkdir()
     out.rename(tmp_path / "runs" / "lite0-pretrained-zstd.json")
     table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
@@ -90,3 +91,16 @@ def test_helper_priority_bench_alternates_the_modes(tmp_path, make_images):
     rates = json.loads(done.stdout.splitlines()[-1])
     assert [len(rates[k]) for k in ("backbone", "nice10", "idle")] == [3, 2, 2]
     assert "nice10: extraction / backbone" in done.stdout and "idle: extraction / backbone" in done.stdout
+
+
+def test_host_probe_and_decode_parent_benches_run_small(tmp_path, make_images):
+    probe = subprocess.run([sys.executable, "host_probe.py", "--megabytes", "8", "--repeats", "2"], cwd=BENCH,
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    figures = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert figures["fresh_gb_s"] > 0 and figures["reused_gb_s"] > 0 and figures["loky_start_s"] > 0
+    make_images(tmp_path, 2)
+    done = subprocess.run([sys.executable, "decode_parent.py", "--images", "12", "--batch-size", "4", "--repeats", "1",
+                           "--source", str(tmp_path)], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "12 images, 1 decoding processes: parent CPU" in done.stdout

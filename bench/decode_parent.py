@@ -1,0 +1,46 @@
+"""What the engine's process spends per image that decoding processes decode: the parent's CPU ms per image.
+
+    python bench/decode_parent.py [--images 2000] [--workers 1] [--batch-size 128] [--repeats 3]
+
+On an H200 with 16 cores, decoding alone topped out at ~3,600-4,000 img/s with 8 processes and with
+15 alike (BENCHMARKS.md, "The GPU stage"): the parent, which takes loky's results and copies each
+image out of the shared ring into its batch, is the limit there, and it does that work on the thread
+that feeds the device. This measures that cost on any machine: the parent process's CPU time (all its
+threads: the caller's and loky's) over the images decoded, with the workers' own CPU not counted.
+Lower is better; the wall img/s is printed too (on 2 cores the decoders, not the parent, bound it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import TRASHNET
+
+from featurebank.decoding import decoded_batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--source", default=str(TRASHNET))
+    args = parser.parse_args()
+    from pathlib import Path
+
+    photos = sorted(Path(args.source).rglob("*.jpg"))
+    files = [photos[i % len(photos)] for i in range(args.images)]
+    for _ in range(args.repeats):
+        cpu, wall = time.process_time(), time.perf_counter()
+        count = sum(len(batch) for batch, _ in decoded_batches(files, lambda p: p, (512, 384),
+                                                               batch_size=args.batch_size, workers=args.workers,
+                                                               decoder="processes", priority="normal"))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        print(f"{count} images, {args.workers} decoding processes: parent CPU {1000 * cpu / count:.3f} ms per image, "
+              f"{count / wall:.0f} img/s wall")
+
+
+if __name__ == "__main__":
+    main()

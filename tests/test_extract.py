@@ -207,10 +207,10 @@ print(embedded.maps.dtype, embedded.maps.shape, float(error.max()) <= 0, referen
 """
 
 
-def test_keras_on_jax_casts_on_the_device_within_float16_rounding():
+def test_keras_on_jax_casts_on_the_device_within_float16_rounding(tmp_path):
     """The GPU machines have JAX and no TensorFlow: the Keras backbones run there with KERAS_BACKEND=jax."""
     pytest.importorskip("jax", reason="needs jax (pip install -e .[test] installs it)")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", JAX_EMBED], capture_output=True, text=True, env=env, timeout=300)
     assert done.stdout.split() == ["float16", "(3,", "3,", "2,", "2048)", "True", "True"], done.stderr[-2000:]
 

@@ -4,7 +4,7 @@
 
 Reads the JSON files gpu_run.sh wrote (one per gpu_extract.py run) and prints, for each run, its
 forward, decode (threads and processes), write and end-to-end img/s, the ratio to
-min(forward, decode, write), and the issue's target for that run with met / missed. The
+min(forward, decode, write), where the extraction's thread waited, and the issue's target for that run with met / missed. The
 end-to-end figure judged is the whole run's (model build excluded); the rate after the first
 batch is shown beside it.
 """
@@ -32,21 +32,31 @@ def verdict(figures: dict, floor: float, ratio: float | None) -> str:
     return "met" if met else "missed"
 
 
+def waits(figures: dict) -> str:
+    """Where the extraction's thread waited (featurebank.pipeline.STAGES); empty for runs made before it was kept."""
+    stages = figures.get("extract_stage_seconds")
+    if not stages:
+        return ""
+    return (f"{stages['decode']:.1f}, {stages['backbone']:.1f}, {stages['device']:.1f}, {stages['writer']:.1f} "
+            f"({stages['write']:.1f})")
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/gpu-out")
     device = (out / "device.txt").read_text().strip() if (out / "device.txt").is_file() else "(no nvidia-smi)"
     print(f"device: {device}")
-    print("| run | forward | decode threads / processes | write | extract (after 1st batch) | ratio | target | |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | forward | decode threads / processes | write | extract (after 1st batch) | ratio "
+          "| waits: decode, backbone, device, writer (writer busy), s | target | |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, (target, floor, ratio) in TARGETS.items():
         path = out / f"{name}.json"
         if not path.is_file():
-            print(f"| {name} | | | | | | {target} | not run |")
+            print(f"| {name} | | | | | | | {target} | not run |")
             continue
         f = json.loads(path.read_text())
         print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {f['decode_threads_img_s']:.0f} / "
               f"{f['decode_processes_img_s']:.0f} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
-              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {target} | "
+              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {waits(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
 
 

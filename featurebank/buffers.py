@@ -17,7 +17,7 @@ import numpy as np
 
 
 class RecycledArrays:
-    """Arrays of one shape and dtype at a time, reused once nothing outside this object refers to them.
+    """Arrays of any shape and dtype, each handed out again once nothing outside this object refers to it.
 
     At most ``keep`` arrays are tracked: when all of them are in use, a new one is made and the
     oldest is forgotten (whoever holds it keeps it), so a caller that keeps every batch costs no

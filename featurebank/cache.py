@@ -250,21 +250,21 @@ class ShardWriter:
         self.store = store
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.sequence = 0
-        self._file: h5py.File | None = None  # the shard being filled, in ``self._memory``
+        self._file: h5py.File | None = None  # the shard being filled, in ``self._memories[self._current]``
         map_bytes = int(np.prod(self.feature_shape, dtype=np.int64)) * self.dtype.itemsize if store == "maps" else 0
         # Shards skip the page cache (featurebank/files.py); a full shard's maps, uncompressed, plus room for the rest.
         # Two buffers: while one shard is written out to disk on the committer thread, the next fills the other.
         expected = shard_size * (map_bytes + (16 << 10)) + (1 << 20)
         self._memories = [MemoryFile(direct=True, expected_bytes=expected) for _ in range(2)]
-        self._memory = self._memories[0]
+        self._current = 0  # the buffer the next shard fills
         self._writing_out: dict[int, Future] = {}  # index of a buffer → the write-out of the shard it holds
         self._committer: ThreadPoolExecutor | None = None
         self._rows: dict[str, list] = {}
         self._pooled: dict[str, list] = {}  # name → float32 blocks: avg and max, and stages where stored
 
     def _open(self) -> None:
-        self._wait_for(self._memories.index(self._memory))  # its previous shard must be on disk before it is reused
-        self._file = self._memory.new_h5()
+        self._wait_for(self._current)  # its previous shard must be on disk before it is reused
+        self._file = self._memories[self._current].new_h5()
         if self.store == "maps":
             self._file.create_dataset(
                 "features", shape=(0, *self.feature_shape), maxshape=(None, *self.feature_shape),
@@ -338,9 +338,9 @@ class ShardWriter:
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="featurebank-commit",
                                                  initializer=lower_thread_priority)
-        buffer = self._memories.index(self._memory)
-        self._writing_out[buffer] = self._committer.submit(self._memory.write_out, self.shard_dir / name)
-        self._memory = self._memories[1 - buffer]
+        buffer = self._current
+        self._writing_out[buffer] = self._committer.submit(self._memories[buffer].write_out, self.shard_dir / name)
+        self._current = 1 - buffer
         self.sequence += 1
         return [(digest, name, row) for row, digest in enumerate(rows["sha256"])]
 

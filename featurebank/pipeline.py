@@ -74,10 +74,6 @@ class StageClock:
             if close is not None:
                 close()
 
-    def merge(self, other: StageClock) -> None:
-        for stage, seconds in other.seconds.items():
-            self.add(stage, seconds)
-
     def as_dict(self) -> dict[str, float]:
         return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
 

@@ -10,7 +10,9 @@ Prints one JSON line:
   loky_start_s      starting a pool of (cores - 1) fresh processes and running one task on each
   jax_*             with JAX on a GPU: a jitted step's float16 (128, 16, 12, 2048) output copied to numpy,
                     from device memory (pageable copy) and from pinned host memory (out_shardings), and
-                    whether numpy then shares the pinned buffer
+                    whether numpy then shares the pinned buffer; and a uint8 (128, 512, 384, 3) batch put on the
+                    device from numpy (pageable) and through pinned host memory (as extraction does,
+                    backbones._through_pinned_host): ms on the calling thread, and ms until it is on the device
 The extraction pipeline allocates batches of this size (pixels, maps): bench/gpu_run.sh runs this
 beside gpu_extract.py, and BENCHMARKS.md says what it showed.
 """
@@ -88,6 +90,20 @@ def jax_copies(repeats: int = 10) -> dict:
                 figures["jax_pinned_numpy_shares_buffer"] = host.ctypes.data == out.unsafe_buffer_pointer()
             except Exception as exc:  # noqa: BLE001 (a probe: say what it could not tell)
                 figures["jax_pinned_numpy_shares_buffer"] = f"unknown: {type(exc).__name__}"
+    from featurebank.backbones import _through_pinned_host
+
+    batch = np.full((128, 512, 384, 3), 7, np.uint8)
+    for name, put in (("pageable", lambda x: jax.device_put(x, on_device)), ("pinned", _through_pinned_host)):
+        put(batch).block_until_ready()  # warm up
+        calls = dones = 0.0
+        for _ in range(repeats):
+            started = time.perf_counter()
+            on = put(batch)
+            calls += time.perf_counter() - started
+            on.block_until_ready()
+            dones += time.perf_counter() - started
+        figures[f"jax_input_{name}_call_ms"] = 1000 * calls / repeats
+        figures[f"jax_input_{name}_done_ms"] = 1000 * dones / repeats
     return figures
 
 

@@ -147,8 +147,9 @@ class KerasFeatureFunction:
     run where the model runs (TensorFlow, JAX or torch backend, GPU when there is one), and only the
     stored bytes come back to the host. The cast rounds the float32 forward's own values, so a
     float16 cache holds exactly what casting on the host would give. On the JAX backend ``submit``
-    returns as soon as the step is dispatched: the step writes the maps into pinned host memory
-    itself (``_pinned_host_maps``) and the vectors start copying to the host when the device has
+    returns as soon as the step is dispatched: the batch goes in through pinned host memory
+    (``_through_pinned_host``), the step writes the maps into pinned host memory itself
+    (``_pinned_host_maps``) and the vectors start copying to the host when the device has
     them (``copy_to_host_async``); on the torch backend the model is called directly and
     the batch moves through ``PinnedCopies`` (on CUDA: pinned buffers, copies out on their own
     stream). Either way the host prepares the next batch meanwhile. TensorFlow's
@@ -215,7 +216,7 @@ class KerasFeatureFunction:
             names = ("maps", "avg", "max") if maps else ("avg", "max")
             return Pending(lambda: self._unpack([copying.result()[n] for n in names], count, maps), ready=copying.ready)
         if backend == "jax":
-            outputs = self._jax_step(name, maps)(self._padded(images))
+            outputs = self._jax_step(name, maps)(_through_pinned_host(self._padded(images)))
             for output in outputs:
                 output.copy_to_host_async()
             return Pending(lambda: self._unpack(outputs, count, maps))
@@ -273,6 +274,23 @@ def _pinned_host_maps(jax, maps: bool) -> list | None:
         return None
     on_device = jax.sharding.SingleDeviceSharding(device)
     return [on_device.with_memory_kind("pinned_host"), on_device, on_device]  # the step returns a list
+
+
+def _through_pinned_host(images: np.ndarray):
+    """On JAX: ``images`` on the device, copied there from pinned host memory; numpy as it is where there is none.
+
+    Handed numpy, JAX copies a batch to a GPU from pageable memory, which the driver stages through
+    a bounce buffer of its own: 25 ms for a batch of 128 ResNet50 inputs (75 MB) on an H200, all
+    of it on the thread that feeds the device (BENCHMARKS.md). Put into pinned host memory first
+    (a plain memcpy), the copy to the device is a DMA that runs while the thread goes on.
+    """
+    import jax
+
+    device = jax.devices()[0]
+    if "pinned_host" not in {memory.kind for memory in device.addressable_memories()}:
+        return images
+    on_device = jax.sharding.SingleDeviceSharding(device)
+    return jax.device_put(jax.device_put(images, on_device.with_memory_kind("pinned_host")), on_device)
 
 
 def _keras_backbone(

@@ -8,18 +8,21 @@ Extraction, predict, the CNN's data and the audit all decode through ``decoded_b
   each decode (Pillow's header parsing, EXIF, the hand-over of the array) still holds the GIL,
   ~0.2–0.4 ms a photo, which caps a threaded pool at a few thousand photos per second however
   many cores there are, and takes the GIL from the engine's own thread. Each worker process decodes
-  straight into a slot of one shared-memory ring (a file in /dev/shm) and returns only the slots'
-  outcomes, so no pixels are pickled; files go out in chunks, so the parent pays its per-task cost
-  once per chunk.
+  straight into its place in a batch of one shared-memory ring (a file in /dev/shm) and returns only
+  the outcomes, so no pixels are pickled, and the engine hands the batch on as a view of the ring,
+  so it copies none either; files go out in chunks, so the parent pays its per-task cost once per chunk.
 
-Both give the same pixels and report the same failures, item for item, in the same order.
+Both give the same pixels and report the same failures, item for item, in the same order; with
+processes a batch in which files failed is shorter by as many (threads fill it up from later files).
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import mmap
 import os
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +40,7 @@ from featurebank.images import ImageDecodeError, decode_failure, load_image, low
 from featurebank.sizing import DECODERS, SHARED_MEMORY, default_decode_workers, shared_memory_free
 
 T = TypeVar("T")
-PROCESS_CHUNK = 8  # files per task sent to a decoding process
+PROCESS_CHUNK = 32  # files per task sent to a decoding process, at most: loky costs the parent ~0.7 ms a task
 
 
 def decode_files(paths: list, size: tuple[int, int]) -> list[np.ndarray | str]:
@@ -52,10 +55,7 @@ def decode_files(paths: list, size: tuple[int, int]) -> list[np.ndarray | str]:
 
 
 class _ThreadDecoding:
-    chunk = 1
-
-    def __init__(self, workers: int, size: tuple[int, int], window: int, low_priority: bool):
-        """``window`` is the processes' ring size; threads hand their arrays over and need no ring."""
+    def __init__(self, workers: int, size: tuple[int, int], low_priority: bool):
         self.size = size
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-decode",
                                            initializer=lower_thread_priority if low_priority else None)
@@ -71,34 +71,35 @@ class _ThreadDecoding:
         # keep a crash in the image library out of the engine's process, and a dead one must stop the run.
         return decode_files(task.paths, self.size) if task.cancel() else task.result()
 
-    def release(self, task: Future) -> None:
-        pass
-
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-# --- processes writing into a shared-memory ring ------------------------------------------------------------
+# --- processes writing into a shared-memory ring of batches ------------------------------------------------
 
-_RING: np.ndarray | None = None  # in a decoding process: the ring it writes into
+BATCHES_AHEAD = 3  # batches being decoded at once, ahead of the one the consumer has
+HELD_VIEWS = 3  # ring batches a consumer may hold at once (its current one, one in flight, one in a transfer)
+_SLOTS: list[np.ndarray] | None = None  # in a decoding process: the ring's batches, which it writes into
 
 
-def _attach_ring(path: str, shape: tuple[int, ...], low_priority: bool) -> None:
-    global _RING
+def _attach_ring(path: str, slots: int, stride: int, batch_shape: tuple[int, ...], low_priority: bool) -> None:
+    global _SLOTS
     if low_priority:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, 10)
-    _RING = np.memmap(path, np.uint8, mode="r+", shape=shape)
+    mapping = np.memmap(path, np.uint8, mode="r+", shape=(slots * stride,))
+    size = int(np.prod(batch_shape))
+    _SLOTS = [mapping[b * stride: b * stride + size].reshape(batch_shape) for b in range(slots)]
 
 
-def _decode_into_ring(slots: list[int], paths: list, size: tuple[int, int]) -> list[str | None]:
-    """In a decoding process: decode each file into its slot; None where it worked, else the reason."""
+def _decode_into_ring(slot: int, first: int, paths: list, size: tuple[int, int]) -> list[str | None]:
+    """In a decoding process: decode each file into the next position of a ring batch; None where it worked."""
     reasons: list[str | None] = []
-    for slot, outcome in zip(slots, decode_files(paths, size)):
+    for position, outcome in enumerate(decode_files(paths, size), start=first):
         if isinstance(outcome, str):
             reasons.append(outcome)
         else:
-            _RING[slot] = outcome
+            _SLOTS[slot][position] = outcome
             reasons.append(None)
     return reasons
 
@@ -120,64 +121,172 @@ def _died(paths: list) -> FeaturebankError:
                             "kept; run again, with --decoder threads to find a file that crashes")
 
 
-class _ProcessDecoding:
-    chunk = PROCESS_CHUNK
+class _RingBatch:
+    """A batch being decoded straight into its ring slot: its items, and the tasks decoding them (in order)."""
 
-    def __init__(self, workers: int, size: tuple[int, int], window: int, low_priority: bool):
-        self.size = size
-        shape = (window, *size, 3)
-        needed = int(np.prod(shape))
+    def __init__(self, slot: int):
+        self.slot = slot
+        self.items: list = []
+        self.tasks: list[tuple[int, list, Future]] = []  # (first position, the chunk's items, its task)
+
+
+class _RingDecoding:
+    """Decoding processes writing each batch into one slot of a shared-memory ring, handed over without a copy.
+
+    The engine's thread neither copies pixels nor touches each image: a batch is a view of its slot
+    (a file in /dev/shm that every process maps), and a slot is decoded into again only once
+    nothing refers to that view (CPython's reference count says so, as in buffers.py). A file
+    that fails leaves a hole that the batch's later images close up, so that batch comes out
+    shorter. A consumer that keeps more than HELD_VIEWS batches at once is handed copies.
+    """
+
+    def __init__(self, workers: int, size: tuple[int, int], batch_size: int, low_priority: bool):
+        self.batch_shape = (batch_size, *size, 3)
+        # Large enough chunks that the parent's cost per task is spread over many files, small enough that every
+        # worker has two of them queued.
+        self.chunk = max(1, min(PROCESS_CHUNK, BATCHES_AHEAD * batch_size // (2 * workers)))
+        batch_bytes = int(np.prod(self.batch_shape))
+        self.stride = -(-batch_bytes // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
+        slots = BATCHES_AHEAD + HELD_VIEWS
+        needed = slots * self.stride
         _remove_stale_rings()
         free = shared_memory_free()
         if free < needed:
             raise FeaturebankError(
                 f"{SHARED_MEMORY}: decoding processes need {needed / 2**20:.0f} MiB of shared memory for "
-                f"{window} images in flight and {free / 2**20:.0f} MiB is free; use --decoder threads, a smaller "
-                "--batch-size, or give the machine more shared memory (docker run --shm-size)")
+                f"{slots} batches of {batch_size} images and {free / 2**20:.0f} MiB is free; use --decoder threads, "
+                "a smaller --batch-size, or give the machine more shared memory (docker run --shm-size)")
         handle, self.path = tempfile.mkstemp(prefix=f"featurebank-decode-{os.getpid()}-", dir=SHARED_MEMORY)
         try:
-            os.ftruncate(handle, needed)
-        finally:
-            os.close(handle)
-        try:
-            # A plain ndarray over the mapping: indexing a np.memmap builds a memmap per image, in the engine's thread.
-            self.ring = np.memmap(self.path, np.uint8, mode="r+", shape=shape).view(np.ndarray)
-            self.free = deque(range(window))
+            try:
+                os.ftruncate(handle, needed)
+                mapping = mmap.mmap(handle, needed)
+            finally:
+                os.close(handle)
+            # One owner array per slot: a view of a batch counts as a reference to its slot's owner alone. The
+            # mapping is never closed here: views a caller keeps stay valid after the run.
+            self.owners = [np.frombuffer(mapping, np.uint8, batch_bytes, b * self.stride) for b in range(slots)]
+            self._unused_count = sys.getrefcount(self.owners[0])  # the list's reference and the call's own
             # loky (joblib's process pool) starts fresh interpreters, never forks: the parent may run JAX, torch
             # or TensorFlow threads, which a forked child inherits broken; and unlike multiprocessing's spawn,
             # a caller's script needs no ``if __name__ == "__main__"`` guard.
             from joblib.externals.loky import ProcessPoolExecutor
 
             self.executor = ProcessPoolExecutor(workers, initializer=_attach_ring,
-                                                initargs=(self.path, shape, low_priority))
+                                                initargs=(self.path, slots, self.stride, self.batch_shape,
+                                                          low_priority))
         except BaseException:
             os.unlink(self.path)
             raise
 
-    def start(self, paths: list) -> Future:
-        slots = [self.free.popleft() for _ in paths]
-        try:
-            task = self.executor.submit(_decode_into_ring, slots, [str(p) for p in paths], self.size)
-        except BrokenProcessPool:
-            raise _died(paths) from None
-        task.slots, task.paths = slots, paths
-        return task
+    def held(self, slot: int) -> bool:
+        """Whether anything outside this object refers to the slot's pixels."""
+        return sys.getrefcount(self.owners[slot]) > self._unused_count
 
-    def outcomes(self, task: Future) -> list[np.ndarray | str]:
-        try:
-            reasons = task.result()
-        except BrokenProcessPool:
-            raise _died(task.paths) from None
-        return [self.ring[slot] if reason is None else reason for slot, reason in zip(task.slots, reasons)]
+    def batches(self, source: Iterator[T], path_of: Callable[[T], str | Path],
+                failures: list | None) -> Iterator[tuple[list[T], np.ndarray]]:
+        ahead: deque[_RingBatch] = deque()
+        filling: _RingBatch | None = None
+        exhausted = False
 
-    def release(self, task: Future) -> None:
-        self.free.extend(task.slots)
+        def fill() -> None:
+            nonlocal filling, exhausted
+            while not exhausted:
+                if filling is None:
+                    busy = {batch.slot for batch in ahead}
+                    free = [s for s in range(len(self.owners)) if s not in busy and not self.held(s)]
+                    if len(ahead) >= BATCHES_AHEAD or not free:
+                        return
+                    filling = _RingBatch(free[0])
+                    ahead.append(filling)
+                first = len(filling.items)
+                chunk = list(islice(source, min(self.chunk, self.batch_shape[0] - first)))
+                if not chunk:
+                    exhausted = True
+                    return
+                paths = [path_of(item) for item in chunk]
+                try:
+                    task = self.executor.submit(_decode_into_ring, filling.slot, first, [str(p) for p in paths],
+                                                self.batch_shape[1:3])
+                except BrokenProcessPool:
+                    raise _died(paths) from None
+                filling.tasks.append((first, chunk, task))
+                filling.items.extend(chunk)
+                if len(filling.items) == self.batch_shape[0]:
+                    filling = None
+
+        fill()
+        while ahead:
+            batch = ahead.popleft()
+            if batch is filling:  # only once the source ran out
+                filling = None
+            good = []
+            for first, chunk, task in batch.tasks:
+                try:
+                    reasons = task.result()
+                except BrokenProcessPool:
+                    raise _died([path_of(item) for item in chunk]) from None
+                for position, (item, reason) in enumerate(zip(chunk, reasons), start=first):
+                    if reason is None:
+                        good.append(position)
+                    elif failures is None:
+                        raise ImageDecodeError(f"{path_of(item)}: {reason}")
+                    else:
+                        failures.append((item, reason))
+            if good:
+                whole = self.owners[batch.slot].reshape(self.batch_shape)
+                for target, position in enumerate(good):
+                    if target != position:  # close up the holes failed files left
+                        whole[target] = whole[position]
+                pixels = whole[: len(good)]
+                del whole
+                others = sum(self.held(s) for s in range(len(self.owners)) if s != batch.slot)
+                if others >= HELD_VIEWS:  # a consumer keeping its batches gets copies; the ring stays free
+                    pixels = pixels.copy()
+                yield [batch.items[p] for p in good], pixels
+                del pixels  # the slot is decoded into again once the consumer lets go of it too
+            fill()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, kill_workers=True)
-        del self.ring
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def _threaded_batches(pool: _ThreadDecoding, source: Iterator[T], path_of: Callable[[T], str | Path],
+                      size: tuple[int, int], batch_size: int,
+                      failures: list | None) -> Iterator[tuple[list[T], np.ndarray]]:
+    """Threads hand over one array per file, copied here into batch arrays reused once their consumer let go."""
+    pending: deque = deque()
+    arrays = RecycledArrays()  # buffers.py
+    pixels = arrays.take((batch_size, *size, 3), np.uint8)
+    batch: list[T] = []
+
+    def fill() -> None:
+        while len(pending) < BATCHES_AHEAD * batch_size and (item := next(source, _END)) is not _END:
+            pending.append((item, pool.start([path_of(item)])))
+
+    fill()
+    while pending:
+        item, task = pending.popleft()
+        [outcome] = pool.outcomes(task)
+        if isinstance(outcome, str):
+            if failures is None:
+                raise ImageDecodeError(f"{path_of(item)}: {outcome}")
+            failures.append((item, outcome))
+        else:
+            pixels[len(batch)] = outcome
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch, pixels
+                del pixels  # the consumer may hold on to it; if it does not, it can be taken again
+                pixels, batch = arrays.take((batch_size, *size, 3), np.uint8), []
+        fill()
+    if batch:
+        yield batch, pixels[: len(batch)]
+
+
+_END = object()
 
 
 def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size: tuple[int, int], *,
@@ -191,52 +300,23 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     when they share a small CPU with a backbone. ``decoder`` is 'threads' or 'processes'. With
     threads, files that no decoder has started when they are needed are decoded by the caller's
     thread, which would otherwise only wait: at the start, and whenever the decoders fall behind or
-    are starved.
+    are starved; batches are full but for the last. With processes, a batch is a view of shared
+    memory, decoded into again once the caller lets go of it, and a batch in which files failed
+    comes out shorter by as many.
     """
     if decoder not in DECODERS:
         raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
-    window = batch_size * 3
-    kind = _ThreadDecoding if decoder == "threads" else _ProcessDecoding
-    pool = kind(workers or default_decode_workers(), size, window, priority == "low")
+    workers = workers or default_decode_workers()
+    if decoder == "threads":
+        pool = _ThreadDecoding(workers, size, priority == "low")
+        batches = _threaded_batches(pool, iter(items), path_of, size, batch_size, failures)
+    else:
+        pool = _RingDecoding(workers, size, batch_size, priority == "low")
+        batches = pool.batches(iter(items), path_of, failures)
     try:
-        pending: deque = deque()
-        source = iter(items)
-        queued = 0
-        arrays = RecycledArrays()  # a batch's pixels are reused once its consumer let go of them (buffers.py)
-        pixels = arrays.take((batch_size, *size, 3), np.uint8)
-        batch: list[T] = []
-
-        def fill() -> None:
-            nonlocal queued
-            while queued < window:
-                chunk = list(islice(source, min(pool.chunk, window - queued)))
-                if not chunk:
-                    return
-                pending.append((chunk, pool.start([path_of(item) for item in chunk])))
-                queued += len(chunk)
-
-        fill()
-        while pending:
-            chunk, task = pending.popleft()
-            outcomes = pool.outcomes(task)
-            for item, outcome in zip(chunk, outcomes):
-                if isinstance(outcome, str):
-                    if failures is None:
-                        raise ImageDecodeError(f"{path_of(item)}: {outcome}")
-                    failures.append((item, outcome))
-                    continue
-                pixels[len(batch)] = outcome
-                batch.append(item)
-                if len(batch) == batch_size:
-                    yield batch, pixels
-                    del pixels  # the consumer may hold on to it; if it does not, it can be taken again
-                    pixels, batch = arrays.take((batch_size, *size, 3), np.uint8), []
-            pool.release(task)
-            queued -= len(chunk)
-            fill()
-        if batch:
-            yield batch, pixels[: len(batch)]
+        yield from batches
     finally:
+        batches.close()
         pool.close()
 
 

@@ -8,6 +8,7 @@ the writer was busy, so a run says which stage bounded it (``ExtractReport.stage
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -89,19 +90,45 @@ _END = object()
 
 
 class LazyEmbedder:
-    """Builds the embedder on the first batch (a no-op run never loads the backbone), then reuses it."""
+    """Builds the embedder once there is work, on a thread of its own, then reuses it.
+
+    ``start`` begins the build when a pipeline has its first file, so that loading the backbone
+    (and, next to a GPU, its compiled step) overlaps the decoding pool's start and first batch
+    instead of following them; a run with nothing to do never loads it. ``get`` waits for it.
+    ``build_seconds`` is how long the pipeline waited for the build.
+    """
 
     def __init__(self, build: Callable[[], Embedder]):
         self.build = build
         self.embedder: Embedder | None = None
         self.build_seconds = 0.0
+        self._building: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._building is None:
+            self._building = threading.Thread(target=self._build, name="featurebank-build", daemon=True)
+            self._building.start()
+
+    def _build(self) -> None:
+        try:
+            self.embedder = self.build()
+        except BaseException as exc:  # raised by get(), on the pipeline's thread
+            self._error = exc
 
     def get(self) -> Embedder:
         if self.embedder is None:
             started = time.perf_counter()
-            self.embedder = self.build()
-            self.build_seconds = time.perf_counter() - started
+            self.settle()
+            self.build_seconds += time.perf_counter() - started
+            if self._error is not None:
+                raise self._error
         return self.embedder
+
+    def settle(self) -> None:
+        """Wait for a build in progress (no thread is left loading a backbone when a run ends)."""
+        self.start()
+        self._building.join()
 
 
 def run_pipeline(
@@ -125,6 +152,12 @@ def run_pipeline(
     ``clock`` collects where the time went (a new one when None).
     """
     clock = clock or StageClock()
+    work = iter(work)
+    first = next(work, _END)
+    if first is _END:
+        return 0, []
+    embed.start()  # loads the backbone while the decoding pool starts
+    work = itertools.chain([first], work)
     failures: list = []
     writes: queue.Queue = queue.Queue(maxsize=2)
     state = {"writer": None, "error": None, "stored": 0}
@@ -171,6 +204,7 @@ def run_pipeline(
                 writes.put((embedded, batch))
             progress.advance(len(batch))
     finally:
+        embed.settle()
         writes.put(None)
         writer_thread.join()
         if state["writer"] is not None and state["error"] is None:

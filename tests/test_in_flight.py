@@ -58,6 +58,7 @@ def test_a_vectors_only_cache_does_not_copy_the_maps_out(backbone):
 
 
 JAX_IN_FLIGHT = """
+import jax
 import numpy as np
 from featurebank.backbones import get_backbone
 from featurebank.embed import Embedder, in_flight
@@ -73,22 +74,26 @@ same = all(np.array_equal(a.maps, b.maps) and a.maps.dtype == np.float16 and
 same_vectors = all(v.maps is None and all(np.array_equal(v.pooled[k], a.pooled[k]) for k in ("avg", "max"))
                    for v, a in zip(vectors, one_by_one))
 maps_memory = function._jax_step("float16", True)(batches[0])[0].sharding.memory_kind
+put, puts = jax.device_put, []
+jax.device_put = lambda x, to=None, **k: puts.append((type(x).__name__, to.memory_kind)) or put(x, to, **k)
+Embedder(function, dtype="float16").submit(batches[0]).result()
 print("asynchronous" if not started.ready else "synchronous", same, same_vectors, [len(e.maps) for e in overlapped],
-      maps_memory)
+      maps_memory, puts == [("ndarray", "pinned_host"), ("ArrayImpl", "device")])
 """
 
 
 def test_keras_on_jax_keeps_a_batch_in_flight_and_gives_the_same_features(tmp_path):
     """On JAX, submit dispatches the step and returns an unready Pending (it does not wait); overlapped batches
-    equal one-by-one ones, bit for bit; the step leaves the maps in pinned host memory (a GPU copies them there by
-    DMA, not through pageable memory), and the compiled step is kept on disk for the next run. Whether the device
+    equal one-by-one ones, bit for bit; the batch goes in and the step leaves the maps through pinned host memory
+    (a GPU copies by DMA there, not through pageable memory), and the compiled step is kept on disk for the next run. Whether the device
     really is still busy then is not asserted (timing)."""
     pytest.importorskip("jax", reason="needs jax (pip install -e .[test] installs it)")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     done = subprocess.run([sys.executable, "-c", JAX_IN_FLIGHT], capture_output=True, text=True, env=env, timeout=300)
-    assert done.stdout.split() == ["asynchronous", "True", "True", "[4,", "4,", "3]", "pinned_host"], done.stderr[-2000:]
+    assert done.stdout.split() == ["asynchronous", "True", "True", "[4,", "4,", "3]", "pinned_host",
+                                  "True"], done.stderr[-2000:]
     # The compiled steps were kept for the next run, in featurebank's folder under the user's cache.
     assert any(p.name.startswith("jit_step") for p in (tmp_path / "featurebank" / "jax").iterdir())
 

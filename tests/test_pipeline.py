@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 import featurebank
 from featurebank import cache
 from featurebank.pipeline import STAGES, StageClock, describe_stages
@@ -45,3 +47,40 @@ def test_the_clock_times_each_item_fetched_and_closes_what_it_wraps():
     assert next(items) == 0 and next(items) == 1
     items.close()  # stopped early, as a failed run stops its batches
     assert closed == [True] and clock.seconds["decode"] >= 0.1 and clock.seconds["writer"] == 0
+
+
+def test_the_backbone_builds_while_the_first_files_decode_and_a_failed_build_is_raised(tmp_path, make_images,
+                                                                                          monkeypatch):
+    """The first file's decode waits (up to 30 s) for the build to have begun: built only after the first batch,
+    as before, it never would. A build that fails raises its own error from the run."""
+    import dataclasses
+    import threading
+
+    from featurebank import backbones, decoding
+    from featurebank.errors import WeightsError
+
+    make_images(tmp_path / "data", 1)
+    building, saw_build = threading.Event(), []
+    spec = backbones.get_backbone("rgb-stats")
+    monkeypatch.setitem(backbones._REGISTRY, spec.name,
+                        dataclasses.replace(spec, build=lambda *a: building.set() or spec.build(*a)))
+    load_image = decoding.load_image
+
+    def decode_once_building(path, size):
+        if not saw_build:
+            saw_build.append(building.wait(30))
+        return load_image(path, size)
+
+    monkeypatch.setattr(decoding, "load_image", decode_once_building)
+    report = featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
+                                 batch_size=2)
+    assert report.new == 6 and saw_build == [True]
+
+    def failing(*args):
+        raise WeightsError("weights.h5: not the weights of rgb-stats")
+
+    monkeypatch.setitem(backbones._REGISTRY, spec.name, dataclasses.replace(spec, build=failing))
+    make_images(tmp_path / "more", 1)
+    with pytest.raises(WeightsError, match="weights.h5: not the weights"):
+        featurebank.extract(tmp_path / "more", backbone="rgb-stats", cache=tmp_path / "cache2", weights="none")
+    assert not [t for t in threading.enumerate() if t.name == "featurebank-build"]

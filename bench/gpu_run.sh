@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=500)
-# (238 s on an H200 on 2026-11-27, the machine's start not counted; BENCHMARKS.md has the figures)
+# (238 s on an H200 on 2026-11-27 before decode_parent.py was added, the machine's start not counted;
+# BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the JSON figures land in $OUT. It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out bash bench/gpu_run.sh
@@ -25,6 +26,9 @@ run() {  # name, then gpu_extract.py options
 }
 echo "== host probe"  # what fresh memory, pinned copies and a process pool cost on this machine
 timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000' | tail -2
+echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches (BENCHMARKS.md)
+timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
+  | tee "$OUT/decode_parent.txt" | tail -2
 run resnet50-float16-none --backbone resnet50 --compression none
 run resnet50-float16-zstd --backbone resnet50 --compression zstd
 run resnet50-pooled --backbone resnet50 --store pooled

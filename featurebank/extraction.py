@@ -44,7 +44,7 @@ class ExtractReport:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     classes: list[str] = field(default_factory=list)
-    build_seconds: float = 0.0  # waiting for the backbone's build (it overlaps the decoding's start), part of ``seconds``
+    build_seconds: float = 0.0  # waiting for the backbone's build (overlapping decoding's start), in ``seconds``
     engine: str = "local"
     workers: int = 1  # processes that computed features in this run (Ray: actors)
     nodes: int = 1  # machines whose processes committed shards in this run

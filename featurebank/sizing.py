@@ -17,7 +17,7 @@ from featurebank.errors import InvalidArgument
 DECODERS = ("threads", "processes")  # how the decoding pool runs (featurebank/decoding.py)
 SHARED_MEMORY = "/dev/shm"  # where decoding processes keep their ring of decoded images
 PROCESS_DECODING_CORES = 8  # next to an accelerator, from this many cores decoding runs in processes
-PROCESS_DECODING_SHM = 1 << 30  # ...when shared memory has this much room (the ring: 6 batches of 128 at 512x384, 432 MiB)
+PROCESS_DECODING_SHM = 1 << 30  # ...when shared memory has this room (ring: 6 batches of 128 at 512x384, 432 MiB)
 CPU_BATCH = 16  # ResNet50 at 512x384 on a CPU: as fast per image as larger batches, a fraction of the memory
 GPU_BATCH = 128  # fills an H100/H200 with ResNet50 at 512x384; activations stay a few GiB
 

@@ -8,6 +8,7 @@ Keras is imported only when a backbone is built, so scanning and cache look-ups 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -262,6 +263,15 @@ def _use_compilation_cache(jax) -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(base, "featurebank", "jax"))
 
 
+@functools.cache
+def _device_and_pinned_host(jax) -> tuple[object, object | None]:
+    """The JAX device's sharding, and the same in pinned host memory (None where the device has none)."""
+    device = jax.devices()[0]
+    on_device = jax.sharding.SingleDeviceSharding(device)
+    pinned = "pinned_host" in {memory.kind for memory in device.addressable_memories()}
+    return on_device, on_device.with_memory_kind("pinned_host") if pinned else None
+
+
 def _pinned_host_maps(jax, maps: bool) -> list | None:
     """Output shardings that leave the step's maps in pinned host memory, or None (the device's default).
 
@@ -269,11 +279,10 @@ def _pinned_host_maps(jax, maps: bool) -> list | None:
     goes through pageable memory, which capped float16 ResNet50 maps at ~1100-1300 img/s on an H200
     (BENCHMARKS.md). The vectors are small and stay on the device until copied.
     """
-    device = jax.devices()[0]
-    if not maps or "pinned_host" not in {memory.kind for memory in device.addressable_memories()}:
+    on_device, pinned = _device_and_pinned_host(jax)
+    if not maps or pinned is None:
         return None
-    on_device = jax.sharding.SingleDeviceSharding(device)
-    return [on_device.with_memory_kind("pinned_host"), on_device, on_device]  # the step returns a list
+    return [pinned, on_device, on_device]  # the step returns a list
 
 
 def _through_pinned_host(images: np.ndarray):
@@ -286,11 +295,8 @@ def _through_pinned_host(images: np.ndarray):
     """
     import jax
 
-    device = jax.devices()[0]
-    if "pinned_host" not in {memory.kind for memory in device.addressable_memories()}:
-        return images
-    on_device = jax.sharding.SingleDeviceSharding(device)
-    return jax.device_put(jax.device_put(images, on_device.with_memory_kind("pinned_host")), on_device)
+    on_device, pinned = _device_and_pinned_host(jax)
+    return images if pinned is None else jax.device_put(jax.device_put(images, pinned), on_device)
 
 
 def _keras_backbone(

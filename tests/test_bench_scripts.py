@@ -103,4 +103,4 @@ def test_host_probe_and_decode_parent_benches_run_small(tmp_path, make_images):
     done = subprocess.run([sys.executable, "decode_parent.py", "--images", "12", "--batch-size", "4", "--repeats", "1",
                            "--source", str(tmp_path)], cwd=BENCH, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "12 images, 1 decoding processes: parent CPU" in done.stdout
+    assert "12 images, 1 decoding processes, up to 32 files a task: parent CPU" in done.stdout

@@ -119,6 +119,13 @@ def _died(paths: list) -> FeaturebankError:
                             "kept; run again, with --decoder threads to find a file that crashes")
 
 
+def _failed(item: T, reason: str, path_of: Callable[[T], str | Path], failures: list | None) -> None:
+    """A file that did not decode: noted in ``failures``, or raised where the caller keeps none."""
+    if failures is None:
+        raise ImageDecodeError(f"{path_of(item)}: {reason}")
+    failures.append((item, reason))
+
+
 class _RingBatch:
     """A batch being decoded straight into its ring slot: its items, and the tasks decoding them (in order)."""
 
@@ -225,10 +232,8 @@ class _RingDecoding:
                 for position, (item, reason) in enumerate(zip(chunk, reasons), start=first):
                     if reason is None:
                         good.append(position)
-                    elif failures is None:
-                        raise ImageDecodeError(f"{path_of(item)}: {reason}")
                     else:
-                        failures.append((item, reason))
+                        _failed(item, reason, path_of, failures)
             if good:
                 whole = self.owners[batch.slot].reshape(self.batch_shape)
                 for target, position in enumerate(good):
@@ -267,9 +272,7 @@ def _threaded_batches(pool: _ThreadDecoding, source: Iterator[T], path_of: Calla
         item, task = pending.popleft()
         [outcome] = pool.outcomes(task)
         if isinstance(outcome, str):
-            if failures is None:
-                raise ImageDecodeError(f"{path_of(item)}: {outcome}")
-            failures.append((item, outcome))
+            _failed(item, outcome, path_of, failures)
         else:
             pixels[len(batch)] = outcome
             batch.append(item)

@@ -93,8 +93,8 @@ class LazyEmbedder:
     """Builds the embedder once there is work, on a thread of its own, then reuses it.
 
     ``start`` begins the build when a pipeline has its first file, so that loading the backbone
-    (and, next to a GPU, its compiled step) overlaps the decoding pool's start and first batch
-    instead of following them; a run with nothing to do never loads it. ``get`` waits for it.
+    overlaps the decoding pool's start and first batch instead of following them (a JIT backend
+    still compiles its step at the first batch); a run with nothing to do never loads it. ``get`` waits for it.
     ``build_seconds`` is how long the pipeline waited for the build.
     """
 

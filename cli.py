@@ -20,7 +20,7 @@ from classifiers.options import (
     PIXEL_THRESHOLD,
     VARIANTS,
 )
-from featurebank.cache import COMPRESSIONS, DTYPES, POOLED, STORES
+from featurebank.cache import COMPRESSIONS, COMPUTE_DTYPES, DTYPES, POOLED, STORES
 from featurebank.embed import AUGMENTS
 from featurebank.extraction import ENGINES
 from featurebank.errors import FeaturebankError
@@ -139,6 +139,9 @@ def main() -> None:
 @click.option("--stages", is_flag=True,
               help="Also store the avg-pooled output of every stage of the backbone (EfficientNet-Lite: 7 stages); "
                    "heads read them with --pooling avg+stages. Its own cache key.")
+@click.option("--compute-dtype", default="float32", show_default=True, type=click.Choice(COMPUTE_DTYPES),
+              help="The backbone's arithmetic. bfloat16: mixed precision, faster on GPUs and on CPUs with bfloat16 "
+                   "instructions; features within ~1% of float32 ones (BENCHMARKS.md). Its own cache key.")
 @click.option("--input-size", type=SizeType(), default=None, help="Resize images to HxW [backbone default: 512x384].")
 @click.option("--split", "split_fractions", type=FractionsType(), default="70/15/15", show_default=True,
               help="Train/val/test proportions.")
@@ -163,7 +166,8 @@ def main() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 if any file was skipped.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human text goes to stderr.")
-def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, stages, input_size,
+def extract(data, backbone, cache, weights, batch_size, dtype, compression, store, augment, stages, compute_dtype,
+            input_size,
             split_fractions, split_seed, balanced, shard_size, decode_workers, decoder, engine, ray_address, rebuild,
             exclude, rehash, verify, strict, quiet, as_json):
     """Run the frozen backbone once per image of DATA and store the features in the cache.
@@ -179,7 +183,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
             data, backbone=backbone, cache=cache, weights=weights, batch_size=batch_size, dtype=dtype,
             input_size=input_size, split_seed=split_seed, split_fractions=split_fractions, balanced=balanced,
             compression=compression, shard_size=shard_size, decode_workers=decode_workers, decoder=decoder, store=store,
-            augment=augment,
+            augment=augment, compute_dtype=compute_dtype,
             stages=stages, rebuild=rebuild, exclude=exclude, rehash=rehash, verify=verify, engine=engine,
             ray_address=ray_address, progress=TqdmProgress() if show_progress else None,
             warn=lambda message: click.echo(f"warning: {message}", err=True),
@@ -228,7 +232,7 @@ def info(cache, as_json):
             f"{os.path.basename(row['cache_file'])}  backbone={row['backbone']} weights={row['weights'][:23]} "
             f"dtype={row['dtype']} input={'x'.join(map(str, row['input_size']))} features={shape} "
             f"store={row['store']} augment={row['augment']} stages={'yes' if row['stage_width'] else 'no'} "
-            f"images={row['images']} size={row['bytes'] / 1e6:.1f} MB"
+            f"compute={row['compute_dtype']} images={row['images']} size={row['bytes'] / 1e6:.1f} MB"
         )
     for message in broken:
         click.echo(f"error: {message}", err=True)

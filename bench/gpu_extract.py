@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--compression", default="none")
     parser.add_argument("--store", default="maps")
+    parser.add_argument("--compute-dtype", default="float32", help="float32 or bfloat16 (mixed precision)")
     parser.add_argument("--forward-images", type=int, default=512, help="images pushed through the forward-only pass")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--work", type=Path, default=None)
@@ -161,13 +162,14 @@ def main() -> None:
     args.batch_size = sizes.batch_size
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
-                     "store": args.store}
+                     "store": args.store, "compute_dtype": args.compute_dtype}
     print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:
         data = args.data_dir or work / "data"
         files = make_distinct_jpegs(args.source, data, args.images)
-        manifest = resolve_manifest(spec, weights=args.weights, input_size=size, dtype=args.dtype, store=args.store)
+        manifest = resolve_manifest(spec, weights=args.weights, input_size=size, dtype=args.dtype, store=args.store,
+                                    compute_dtype=args.compute_dtype)
         embedder = Embedder.for_manifest(manifest, weights=args.weights, batch_size=args.batch_size, spec=spec)
         first = np.stack([load_image(p, size) for p in files[: args.batch_size]])
         pixels = [first, np.ascontiguousarray(first[:, :, ::-1])]  # two batches whose results differ
@@ -213,6 +215,7 @@ def main() -> None:
         report = featurebank.extract(data, backbone=args.backbone, cache=work / "cache", weights=args.weights,
                                      input_size=size, batch_size=args.batch_size, dtype=args.dtype,
                                      compression=args.compression, store=args.store, decode_workers=args.workers,
+                                     compute_dtype=args.compute_dtype,
                                      progress=batches)
         figures["extract_img_s"] = report.new / (report.seconds - report.build_seconds)
         figures["extract_img_s_with_build"] = report.images_per_s

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featurebank.cache import COMPUTE_DTYPES
 from featurebank.device import Pending, PinnedCopies
 from featurebank.errors import InvalidArgument, WeightsError
 from featurebank.scan import file_sha256  # noqa: F401  (re-exported for backbone modules)
@@ -33,12 +34,13 @@ class Backbone:
     stride: int  # input pixels per feature-map cell
     layer: str  # which output is stored
     preprocessing: str  # how pixels are prepared, recorded in every cache manifest
-    build: Callable[[str, tuple[int, int], int], FeatureFunction]  # (weights, size, batch) → function
+    build: Callable[[str, tuple[int, int], int, str], FeatureFunction]  # (weights, size, batch, compute dtype) → function
     weights_url: str = ""  # where "imagenet" weights come from, for the offline hint
     weights_values: tuple[str, ...] = ("imagenet", "none")  # besides a local PATH
     requires: str = ""  # pip extra needed, if any
     library: str = "keras"  # whose version is recorded in the manifest
     stages: tuple[tuple[str, int], ...] = ()  # (layer, channels) of each stage's last layer, for extract --stages
+    compute_dtypes: tuple[str, ...] = COMPUTE_DTYPES  # the arithmetic its builder can run (cache.COMPUTE_DTYPES)
 
     def output_shape(self, input_size: tuple[int, int] | None = None) -> tuple[int, int, int]:
         height, width = input_size or self.input_size
@@ -115,8 +117,14 @@ def keras_feature_function(
     weights: str,
     input_size: tuple[int, int],
     batch_size: int,
+    compute_dtype: str = "float32",
 ) -> FeatureFunction:
-    """Build ``application`` frozen, with ``preprocess`` in front, as a uint8 → float32 feature function."""
+    """Build ``application`` frozen, with ``preprocess`` in front, as a uint8 → float32 feature function.
+
+    ``compute_dtype='bfloat16'`` builds the application's layers under Keras's ``mixed_bfloat16``
+    policy (float32 weights, bfloat16 arithmetic); the preprocessing stays float32. Keras keeps the
+    policy per thread, so setting it for this build leaves other threads' models alone.
+    """
     from featurebank.quiet import import_keras
 
     keras = import_keras()
@@ -125,7 +133,10 @@ def keras_feature_function(
     keras_weights = None if weights == "none" else weights
     if weights == "none":
         keras.utils.set_random_seed(0)  # random weights, but the same ones every build: caches stay reproducible
+    policy = keras.config.dtype_policy()
     try:
+        if compute_dtype == "bfloat16":
+            keras.config.set_dtype_policy("mixed_bfloat16")
         base = application(include_top=False, weights=keras_weights, input_shape=(height, width, 3))
     except WeightsError:
         raise
@@ -133,6 +144,8 @@ def keras_feature_function(
         if weights == "imagenet":
             raise _imagenet_hint(backbone, exc) from None
         raise WeightsError(f"{weights}: cannot load as {backbone.name} weights: {exc}") from None
+    finally:
+        keras.config.set_dtype_policy(policy)
     base.trainable = False
     images = keras.Input((height, width, 3), dtype="uint8", name="images")
     pixels = keras.ops.cast(images, "float32")
@@ -180,6 +193,7 @@ class KerasFeatureFunction:
             keras = import_keras()
 
             def stored_and_pooled(maps):
+                maps = keras.ops.cast(maps, "float32")  # exact from bfloat16; the vectors are pooled in float32
                 return [keras.ops.cast(maps, name), keras.ops.mean(maps, axis=(1, 2)), keras.ops.max(maps, axis=(1, 2))]
 
             # One named layer, not loose ops: Keras numbers unnamed ops per thread, and this may be called from
@@ -302,7 +316,8 @@ def _through_pinned_host(images: np.ndarray):
 def _keras_backbone(
     name: str, module: str, application: str, *, channels: int, layer: str, preprocessing: str, weights_file: str
 ) -> Backbone:
-    def build(weights: str, input_size: tuple[int, int], batch_size: int) -> FeatureFunction:
+    def build(weights: str, input_size: tuple[int, int], batch_size: int,
+              compute_dtype: str = "float32") -> FeatureFunction:
         import importlib
 
         from featurebank.quiet import import_keras
@@ -311,7 +326,8 @@ def _keras_backbone(
 
         mod = importlib.import_module(f"keras.applications.{module}")
         return keras_feature_function(
-            _REGISTRY[name], getattr(mod, application), mod.preprocess_input, weights, input_size, batch_size
+            _REGISTRY[name], getattr(mod, application), mod.preprocess_input, weights, input_size, batch_size,
+            compute_dtype,
         )
 
     return register(
@@ -403,9 +419,10 @@ RGB_STATS = register(
         stride=1 << 20,  # one cell whatever the input size
         layer="colour statistics (mean, std per channel; mean gradient; clipped fraction)",
         preprocessing="RGB / 255",
-        build=lambda weights, input_size, batch_size: ColourStatistics(),
+        build=lambda weights, input_size, batch_size, compute_dtype="float32": ColourStatistics(),
         weights_url="(no weights)",
         weights_values=("none", "imagenet"),
         library="numpy",
+        compute_dtypes=("float32",),
     )
 )

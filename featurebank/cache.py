@@ -37,6 +37,7 @@ from featurebank.images import lower_thread_priority
 FORMAT_VERSION = 1  # of the shards and manifest; part of every cache key
 COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
 DTYPES = ("float16", "float32")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # the backbone's arithmetic; bfloat16: mixed precision (float32 weights)
 STORES = ("maps", "pooled")  # maps: feature maps + pooled vectors; pooled: pooled vectors only
 POOLED = ("avg", "max")  # pooled side data stored beside every map, as datasets pooled_<name>
 STAGES = "stages"  # optional pooled side data (extract --stages): avg-pooled outputs of the backbone's stages
@@ -54,12 +55,15 @@ def library_version(name: str) -> str:
 def make_manifest(
     *, backbone: str, weights: str, input_size: tuple[int, int], preprocessing: str, layer: str,
     dtype: str, library: str, store: str = "maps", augment: str = "none", stages: tuple[tuple[str, int], ...] = (),
+    compute_dtype: str = "float32",
 ) -> dict:
     """Everything that determines the stored numbers; its hash is the cache key.
 
-    ``store``, ``augment`` and ``stages`` ((layer, channels) of each stage whose avg-pooled output
-    is stored) enter the manifest only when they differ from the defaults, so caches made before
-    they existed keep their keys.
+    ``store``, ``augment``, ``stages`` ((layer, channels) of each stage whose avg-pooled output
+    is stored) and ``compute_dtype`` (the backbone's arithmetic: bfloat16 maps differ from float32
+    ones by ~1%, far more than float16 storage rounds, so the two are never mixed in one cache)
+    enter the manifest only when they differ from the defaults, so caches made before they existed
+    keep their keys.
     """
     manifest = {
         "format": FORMAT_VERSION,
@@ -78,6 +82,8 @@ def make_manifest(
         manifest["augment"] = augment
     if stages:
         manifest["stages"] = [[str(layer), int(channels)] for layer, channels in stages]
+    if compute_dtype != "float32":
+        manifest["compute_dtype"] = compute_dtype
     return manifest
 
 

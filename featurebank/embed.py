@@ -55,7 +55,8 @@ class Embedder:
     def for_manifest(cls, manifest: dict, *, weights: str, batch_size: int,
                      spec: Backbone | None = None) -> Embedder:
         spec = spec or get_backbone(manifest["backbone"])
-        function = spec.build(weights, tuple(manifest["input_size"]), batch_size)
+        function = spec.build(weights, tuple(manifest["input_size"]), batch_size,
+                              manifest.get("compute_dtype", "float32"))
         return cls(function, dtype=manifest["dtype"], augment=manifest.get("augment", "none"),
                    keep_maps=manifest.get("store", "maps") == "maps", stages=bool(manifest.get("stages")))
 

@@ -36,16 +36,20 @@ class TorchFeatureFunction:
     avg-pooled outputs of the modules named in ``stage_layers`` (forward hooks; one forward pass),
     concatenated. On CUDA the batches move through ``PinnedCopies`` (featurebank/device.py):
     ``submit`` returns once the work is queued, so the device computes batch k+1 while batch k is
-    copied out and read. At most two batches may be in flight at once.
+    copied out and read. At most two batches may be in flight at once. ``compute_dtype='bfloat16'``
+    runs the model under ``torch.autocast`` (bfloat16 convolutions and matrix products, float32
+    weights); the normalisation before it and the pooling after it stay float32.
     """
 
-    def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = ()):
+    def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = (),
+                 compute_dtype: str = "float32"):
         import torch
 
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.mean, self.std = mean, std
+        self.autocast = compute_dtype != "float32"
         self.stage_layers = tuple(stage_layers)
         self.copies = PinnedCopies(torch, self.device)
         self._stage_means: list | None = None  # filled by the hooks while a stages forward runs
@@ -60,7 +64,9 @@ class TorchFeatureFunction:
     def _forward(self, images: np.ndarray, slot):
         x = self.copies.to_device(images, slot)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        return self.model.extract_features(x).permute(0, 2, 3, 1)  # NHWC float32 on the device
+        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.autocast):
+            maps = self.model.extract_features(x)
+        return maps.permute(0, 2, 3, 1)  # NHWC on the device: float32, or bfloat16 under autocast
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -110,7 +116,8 @@ def _lite_builder(variant: str, package: str, sha256: str):
             raise WeightsError(f"{path}: {variant} weights file does not match its pinned sha256; reinstall {package}")
         return path
 
-    def build(weights: str, input_size: tuple[int, int], batch_size: int) -> FeatureFunction:
+    def build(weights: str, input_size: tuple[int, int], batch_size: int,
+              compute_dtype: str = "float32") -> FeatureFunction:
         torch = _import("torch")
         lite = _import("efficientnet_lite_pytorch")
         torch.manual_seed(0)  # 'none' gives the same random weights every build
@@ -124,7 +131,7 @@ def _lite_builder(variant: str, package: str, sha256: str):
                 raise WeightsError(f"{path}: cannot load as {variant} weights: {exc}") from None
             if [k for k in missing if not k.startswith("_fc")]:
                 raise WeightsError(f"{path}: not {variant} weights (missing {missing[:3]}...)")
-        return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD,
+        return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD, compute_dtype=compute_dtype,
                                     stage_layers=tuple(layer for layer, _ in LITE_STAGES[variant]))
 
     return build, packaged_weights

@@ -2,7 +2,7 @@
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=540)
 # (238 s on an H200 on 2026-11-27 for the host probe and five runs, the machine's start not counted; now
-# seven runs and decode_parent.py: ~330 s expected; BENCHMARKS.md has the figures)
+# seven runs, decode_parent.py and device_vs_cpu.py: ~380 s expected; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the JSON figures land in $OUT. It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out bash bench/gpu_run.sh
@@ -29,6 +29,12 @@ timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$OUT/log.txt" | grep -v -E
 echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches (BENCHMARKS.md)
 timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
   | tee "$OUT/decode_parent.txt" | tail -2
+echo "== the device's float32 features against the CPU's (a cache key does not record the device)"
+for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
+  timeout 120 python3 bench/device_vs_cpu.py --backbone "${backbone_weights%%:*}" --weights "${backbone_weights#*:}" \
+    --images 16 --source "$source" --json "$OUT/vs-cpu-${backbone_weights%%:*}.json" 2>&1 \
+    | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
+done
 run resnet50-float16-none --backbone resnet50 --compression none
 run resnet50-float16-zstd --backbone resnet50 --compression zstd
 run resnet50-pooled --backbone resnet50 --store pooled

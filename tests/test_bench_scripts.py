@@ -31,8 +31,21 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
                            text=True, timeout=60)
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
-    assert table.returncode == 0 and len(rows) == 5, table.stderr
+    assert table.returncode == 0 and len(rows) == 1 + 7, table.stderr  # a header, then each run gpu_run.sh makes
     assert rows[1].endswith("not run |") and rows[4].endswith("| missed |")  # a CPU does not make 3000 img/s
+    assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 twins
+
+
+def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, make_images):
+    """On a machine without an accelerator both sides are the CPU: the child ran, and nothing differs."""
+    make_images(tmp_path / "data", 2, classes=["glass", "paper"])
+    done = subprocess.run([sys.executable, "device_vs_cpu.py", "--backbone", "rgb-stats", "--images", "4",
+                           "--source", str(tmp_path / "data"), "--json", str(tmp_path / "figures.json")],
+                          cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert (figures["images"], figures["device"], figures["reference"]) == (4, "cpu", "cpu")
+    assert figures["maps_relative_l2"] == figures["avg_relative_l2"] == figures["float16_values_differing"] == 0
 
 
 def test_claims_bench_runs_both_ways(tmp_path):

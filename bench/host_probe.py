@@ -12,7 +12,7 @@ Prints one JSON line:
                     from device memory (pageable copy) and from pinned host memory (out_shardings), and
                     whether numpy then shares the pinned buffer; and a uint8 (128, 512, 384, 3) batch put on the
                     device from numpy (pageable) and through pinned host memory (as extraction does,
-                    backbones._through_pinned_host): ms on the calling thread, and ms until it is on the device
+                    device.through_pinned_host): ms on the calling thread, and ms until it is on the device
 The extraction pipeline allocates batches of this size (pixels, maps): bench/gpu_run.sh runs this
 beside gpu_extract.py, and BENCHMARKS.md says what it showed.
 """
@@ -90,10 +90,10 @@ def jax_copies(repeats: int = 10) -> dict:
                 figures["jax_pinned_numpy_shares_buffer"] = host.ctypes.data == out.unsafe_buffer_pointer()
             except Exception as exc:  # noqa: BLE001 (a probe: say what it could not tell)
                 figures["jax_pinned_numpy_shares_buffer"] = f"unknown: {type(exc).__name__}"
-    from featurebank.backbones import _through_pinned_host
+    from featurebank.device import through_pinned_host
 
     batch = np.full((128, 512, 384, 3), 7, np.uint8)
-    for name, put in (("pageable", lambda x: jax.device_put(x, on_device)), ("pinned", _through_pinned_host)):
+    for name, put in (("pageable", lambda x: jax.device_put(x, on_device)), ("pinned", through_pinned_host)):
         put(batch).block_until_ready()  # warm up
         calls = dones = 0.0
         for _ in range(repeats):

@@ -8,8 +8,6 @@ Keras is imported only when a backbone is built, so scanning and cache look-ups 
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.cache import COMPUTE_DTYPES
-from featurebank.device import Pending, PinnedCopies
+from featurebank.device import (Pending, PinnedCopies, jax_pinned_host_maps, through_pinned_host,
+                                use_jax_compilation_cache)
 from featurebank.errors import InvalidArgument, WeightsError
 from featurebank.scan import file_sha256  # noqa: F401  (re-exported for backbone modules)
 
@@ -162,8 +161,8 @@ class KerasFeatureFunction:
     stored bytes come back to the host. The cast rounds the float32 forward's own values, so a
     float16 cache holds exactly what casting on the host would give. On the JAX backend ``submit``
     returns as soon as the step is dispatched: the batch goes in through pinned host memory
-    (``_through_pinned_host``), the step writes the maps into pinned host memory itself
-    (``_pinned_host_maps``) and the vectors start copying to the host when the device has
+    (``through_pinned_host``), the step writes the maps into pinned host memory itself
+    (``jax_pinned_host_maps``) and the vectors start copying to the host when the device has
     them (``copy_to_host_async``); on the torch backend the model is called directly and
     the batch moves through ``PinnedCopies`` (on CUDA: pinned buffers, copies out on their own
     stream). Either way the host prepares the next batch meanwhile. TensorFlow's
@@ -215,8 +214,8 @@ class KerasFeatureFunction:
                 outputs, _ = model.stateless_call(trainable, frozen, images, training=False)
                 return outputs if maps else outputs[1:]
 
-            _use_compilation_cache(jax)
-            jitted = jax.jit(step, out_shardings=_pinned_host_maps(jax, maps))
+            use_jax_compilation_cache(jax)
+            jitted = jax.jit(step, out_shardings=jax_pinned_host_maps(jax, maps))
             self._jax_steps[name, maps] = lambda images: jitted(trainable, frozen, images)
         return self._jax_steps[name, maps]
 
@@ -231,7 +230,7 @@ class KerasFeatureFunction:
             names = ("maps", "avg", "max") if maps else ("avg", "max")
             return Pending(lambda: self._unpack([copying.result()[n] for n in names], count, maps), ready=copying.ready)
         if backend == "jax":
-            outputs = self._jax_step(name, maps)(_through_pinned_host(self._padded(images)))
+            outputs = self._jax_step(name, maps)(through_pinned_host(self._padded(images)))
             for output in outputs:
                 output.copy_to_host_async()
             return Pending(lambda: self._unpack(outputs, count, maps))
@@ -262,55 +261,6 @@ class KerasFeatureFunction:
     def embed(self, images: np.ndarray, dtype, *, maps: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(maps in ``dtype``, {'avg', 'max'} float32), pooled from the float32 maps before the cast."""
         return self.submit(images, dtype, maps=maps).result()
-
-
-def _use_compilation_cache(jax) -> None:
-    """Keep JAX's compiled embed steps on disk, unless the user chose a folder (``JAX_COMPILATION_CACHE_DIR``).
-
-    A later run, or a second model in this one, of the same backbone, batch, input size and device
-    loads its step instead of compiling it again: seconds on a GPU, where XLA tunes each
-    convolution, paid by every extraction otherwise (BENCHMARKS.md). The folder is
-    ``$XDG_CACHE_HOME/featurebank/jax`` (``~/.cache`` by default); deleting it costs only time.
-    """
-    if jax.config.jax_compilation_cache_dir is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        jax.config.update("jax_compilation_cache_dir", os.path.join(base, "featurebank", "jax"))
-
-
-@functools.cache
-def _device_and_pinned_host(jax) -> tuple[object, object | None]:
-    """The JAX device's sharding, and the same in pinned host memory (None where the device has none)."""
-    device = jax.devices()[0]
-    on_device = jax.sharding.SingleDeviceSharding(device)
-    pinned = "pinned_host" in {memory.kind for memory in device.addressable_memories()}
-    return on_device, on_device.with_memory_kind("pinned_host") if pinned else None
-
-
-def _pinned_host_maps(jax, maps: bool) -> list | None:
-    """Output shardings that leave the step's maps in pinned host memory, or None (the device's default).
-
-    A GPU copies into pinned memory by DMA at full bus speed; ``copy_to_host_async`` of a device array
-    goes through pageable memory, which capped float16 ResNet50 maps at ~1100-1300 img/s on an H200
-    (BENCHMARKS.md). The vectors are small and stay on the device until copied.
-    """
-    on_device, pinned = _device_and_pinned_host(jax)
-    if not maps or pinned is None:
-        return None
-    return [pinned, on_device, on_device]  # the step returns a list
-
-
-def _through_pinned_host(images: np.ndarray):
-    """On JAX: ``images`` on the device, copied there from pinned host memory; numpy as it is where there is none.
-
-    Handed numpy, JAX copies a batch to a GPU from pageable memory, which the driver stages through
-    a bounce buffer of its own: 25 ms for a batch of 128 ResNet50 inputs (75 MB) on an H200, all
-    of it on the thread that feeds the device (BENCHMARKS.md). Put into pinned host memory first
-    (a plain memcpy), the copy to the device is a DMA that runs while the thread goes on.
-    """
-    import jax
-
-    on_device, pinned = _device_and_pinned_host(jax)
-    return images if pinned is None else jax.device_put(jax.device_put(images, pinned), on_device)
 
 
 def _keras_backbone(

@@ -1,14 +1,17 @@
-"""Work started on an accelerator: ``Pending`` results, and PyTorch copies through pinned host buffers.
+"""Work started on an accelerator: ``Pending`` results, and copies through pinned host memory.
 
 The embedding loop (``featurebank.embed.in_flight``) keeps one batch in flight: it submits batch
 k+1 before it waits for batch k, so the device computes while the host copies out, hands on and
 decodes. Feature functions return a ``Pending`` for that. ``PinnedCopies`` is how the PyTorch
-backbones and Keras on its torch backend move a batch in and its outputs out on CUDA; torch is
-imported only by its users.
+backbones and Keras on its torch backend move a batch in and its outputs out on CUDA; the
+``jax_*`` helpers and ``through_pinned_host`` do the same for Keras on JAX (the backbones.py
+embed step). torch and jax are imported only by their users.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -120,3 +123,52 @@ class PinnedCopies:
             return arrays
 
         return Pending(fetch)
+
+
+def use_jax_compilation_cache(jax) -> None:
+    """Keep JAX's compiled embed steps on disk, unless the user chose a folder (``JAX_COMPILATION_CACHE_DIR``).
+
+    A later run, or a second model in this one, of the same backbone, batch, input size and device
+    loads its step instead of compiling it again: seconds on a GPU, where XLA tunes each
+    convolution, paid by every extraction otherwise (BENCHMARKS.md). The folder is
+    ``$XDG_CACHE_HOME/featurebank/jax`` (``~/.cache`` by default); deleting it costs only time.
+    """
+    if jax.config.jax_compilation_cache_dir is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        jax.config.update("jax_compilation_cache_dir", os.path.join(base, "featurebank", "jax"))
+
+
+@functools.cache
+def jax_device_and_pinned_host(jax) -> tuple[object, object | None]:
+    """The JAX device's sharding, and the same in pinned host memory (None where the device has none)."""
+    device = jax.devices()[0]
+    on_device = jax.sharding.SingleDeviceSharding(device)
+    pinned = "pinned_host" in {memory.kind for memory in device.addressable_memories()}
+    return on_device, on_device.with_memory_kind("pinned_host") if pinned else None
+
+
+def jax_pinned_host_maps(jax, maps: bool) -> list | None:
+    """Output shardings that leave the step's maps in pinned host memory, or None (the device's default).
+
+    A GPU copies into pinned memory by DMA at full bus speed; ``copy_to_host_async`` of a device array
+    goes through pageable memory, which capped float16 ResNet50 maps at ~1100-1300 img/s on an H200
+    (BENCHMARKS.md). The vectors are small and stay on the device until copied.
+    """
+    on_device, pinned = jax_device_and_pinned_host(jax)
+    if not maps or pinned is None:
+        return None
+    return [pinned, on_device, on_device]  # the step returns a list
+
+
+def through_pinned_host(images: np.ndarray):
+    """On JAX: ``images`` on the device, copied there from pinned host memory; numpy as it is where there is none.
+
+    Handed numpy, JAX copies a batch to a GPU from pageable memory, which the driver stages through
+    a bounce buffer of its own: 25 ms for a batch of 128 ResNet50 inputs (75 MB) on an H200, all
+    of it on the thread that feeds the device (BENCHMARKS.md). Put into pinned host memory first
+    (a plain memcpy), the copy to the device is a DMA that runs while the thread goes on.
+    """
+    import jax
+
+    on_device, pinned = jax_device_and_pinned_host(jax)
+    return images if pinned is None else jax.device_put(jax.device_put(images, pinned), on_device)

@@ -24,7 +24,7 @@ from featurebank.errors import CacheError, InvalidArgument
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
 from featurebank.pipeline import LazyEmbedder, StageClock, run_pipeline
 from featurebank.scan import Sample, ScanResult, Skipped, scan_folder
-from featurebank.sizing import EngineSizes, choose_sizes
+from featurebank.sizing import BFLOAT16_CPU_FLAGS, EngineSizes, choose_sizes, cpu_has_bfloat16
 from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
 from featurebank.stored_state import StoredState
 
@@ -276,6 +276,10 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
     batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
     progress.engine(sizes)
+    if warn and not sizes.accelerated and plan.store.manifest.get("compute_dtype") == "bfloat16" \
+            and cpu_has_bfloat16() is False:
+        warn(f"this CPU has no bfloat16 instructions ({', '.join(BFLOAT16_CPU_FLAGS[:2])}): --compute-dtype "
+             "bfloat16 is emulated here and likely slower than float32")
     embed = LazyEmbedder(lambda: Embedder.for_manifest(plan.store.manifest, weights=weights, batch_size=batch_size,
                                                        spec=plan.spec))
     new, failures, clock = 0, [], StageClock()

@@ -118,3 +118,28 @@ def test_a_backbone_without_bfloat16_says_so_in_one_line(tmp_path, make_images):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "Error: --compute-dtype bfloat16: rgb-stats computes in float32 only"
+
+
+def test_bfloat16_instructions_are_read_from_cpuinfo(tmp_path):
+    from featurebank.sizing import cpu_has_bfloat16
+
+    cases = {"flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n": True, "flags\t\t: fpu sse2 avx2 avx512f\n": False,
+             "Features\t: fp asimd sve bf16 i8mm\n": True, "processor\t: 0\n": None}
+    for number, (text, expected) in enumerate(cases.items()):
+        (tmp_path / str(number)).write_text(text * 2)
+        assert cpu_has_bfloat16(str(tmp_path / str(number))) is expected, text
+    assert cpu_has_bfloat16(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("has_bfloat16", [False, True])
+def test_bfloat16_on_a_cpu_without_its_instructions_is_warned_about(tmp_path, make_images, monkeypatch,
+                                                                      has_bfloat16):
+    from featurebank import extraction
+
+    monkeypatch.setattr(extraction, "cpu_has_bfloat16", lambda: has_bfloat16)
+    make_images(tmp_path / "data", 1, size=(64, 64), classes=["glass"])
+    warnings: list[str] = []
+    report = featurebank.extract(tmp_path / "data", cache=tmp_path / "cache", weights="none", input_size=(64, 64),
+                                 compute_dtype="bfloat16", warn=warnings.append)
+    assert report.new == 1
+    assert any("no bfloat16 instructions" in w for w in warnings) is (not has_bfloat16)

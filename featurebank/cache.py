@@ -61,7 +61,7 @@ def make_manifest(
 
     ``store``, ``augment``, ``stages`` ((layer, channels) of each stage whose avg-pooled output
     is stored) and ``compute_dtype`` (the backbone's arithmetic: bfloat16 maps differ from float32
-    ones by ~1%, far more than float16 storage rounds, so the two are never mixed in one cache)
+    ones by 1-10%, far more than float16 storage rounds, so the two are never mixed in one cache)
     enter the manifest only when they differ from the defaults, so caches made before they existed
     keep their keys.
     """

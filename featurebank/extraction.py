@@ -225,7 +225,7 @@ def extract(
     ``stages=True`` also stores the avg-pooled output of each stage of the backbone (``pooled_stages``;
     ``load(pooling='avg+stages')``), in a cache of its own key.
     ``compute_dtype='bfloat16'`` runs the backbone in mixed bfloat16 (faster on GPUs and on CPUs with
-    bfloat16 instructions; features within ~1% of float32 ones), in a cache of its own key.
+    bfloat16 instructions; features within 1-10% of float32 ones, BENCHMARKS.md), in a cache of its own key.
     ``engine='ray'`` runs the same extraction on a Ray cluster (``ray_address``; a local one if None).
     ``batch_size``, ``decode_workers`` and ``decoder`` ('threads' or 'processes') left as None are
     chosen from the device and the cores (featurebank/sizing.py); ``report.sizes`` says what ran.

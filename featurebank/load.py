@@ -206,7 +206,7 @@ def load(
         backbone, augment = backbone.split(":", 1)
     if backbone and "+" in backbone:
         return load_joined(cache, backbone.split("+"), split=split, pooling=pooling, weights=weights, dtype=dtype,
-                           balanced=balanced, exclude=exclude)
+                           compute_dtype=compute_dtype, balanced=balanced, exclude=exclude)
     if split is not None and split not in SPLIT_NAMES:
         raise InvalidArgument(f"split must be None or one of {', '.join(SPLIT_NAMES)}; received {split!r}")
     if pooling is not None and pooling not in POOLINGS:
@@ -256,7 +256,8 @@ def _channels(view: IndexView) -> int:
 
 
 def load_joined(cache, backbones: list[str], *, split: str | None = None, pooling: str | None = "avg",
-                weights: str | None = None, dtype: str | None = None, balanced: int | None = None,
+                weights: str | None = None, dtype: str | None = None, compute_dtype: str | None = None,
+                balanced: int | None = None,
                 exclude=None) -> FeatureSet:
     """Features of several backbones side by side (``load(backbone="a+b")``), joined by content hash.
 
@@ -267,7 +268,8 @@ def load_joined(cache, backbones: list[str], *, split: str | None = None, poolin
     if pooling not in VECTOR_POOLINGS:
         raise InvalidArgument(f"joined backbones need one of the poolings {', '.join(VECTOR_POOLINGS)}; "
                               f"received {pooling!r}")
-    parts = [load(cache, name, split, pooling, weights=weights, dtype=dtype, balanced=balanced, exclude=exclude)
+    parts = [load(cache, name, split, pooling, weights=weights, dtype=dtype, compute_dtype=compute_dtype,
+                  balanced=balanced, exclude=exclude)
              for name in backbones]
     first = parts[0]
     keep = np.ones(len(first), dtype=bool)

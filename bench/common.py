@@ -24,6 +24,20 @@ def subset_folder(data: Path, limit: int | None) -> Path:
     return root
 
 
+def spread_photos(source: str | Path, count: int) -> list[Path]:
+    """``count`` JPEGs of a class-per-folder tree, every n-th in sorted order, so that every class is among them."""
+    every = sorted(Path(source).glob("*/*.jpg"))
+    return every[:: max(1, len(every) // count)][:count]
+
+
+def relative_l2(value, reference) -> float:
+    """‖value − reference‖ / ‖reference‖, in float32: how far one set of features is from another."""
+    import numpy as np
+
+    value, reference = np.asarray(value, np.float32), np.asarray(reference, np.float32)
+    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
+
+
 def machine() -> str:
     import keras
 

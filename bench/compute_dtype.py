@@ -19,7 +19,7 @@ import json
 import time
 
 import numpy as np
-from common import TRASHNET, machine
+from common import TRASHNET, machine, relative_l2, spread_photos
 
 from featurebank.backbones import get_backbone
 from featurebank.decoding import decode_many
@@ -27,10 +27,6 @@ from featurebank.embed import Embedder
 from featurebank.sizing import choose_sizes
 
 WEIGHTS = {"resnet50": "none"}  # the rest: imagenet
-
-
-def relative_l2(value: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
 
 
 def measure(backbone: str, photos: list, repeats: int) -> dict:
@@ -71,10 +67,7 @@ def main() -> None:
     parser.add_argument("--backbones", default="resnet50,efficientnet-lite0")
     parser.add_argument("--source", default=str(TRASHNET))
     args = parser.parse_args()
-    from pathlib import Path
-
-    every = sorted(Path(args.source).glob("*/*.jpg"))
-    photos = every[:: max(1, len(every) // args.images)][: args.images]
+    photos = spread_photos(args.source, args.images)
     print(json.dumps({"machine": machine()}))
     for backbone in args.backbones.split(","):
         row = measure(backbone, photos, args.repeats)

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET
+from common import TRASHNET, relative_l2, spread_photos
 
 HERE = Path(__file__).resolve()
 
@@ -36,19 +36,12 @@ def embed(args) -> dict[str, np.ndarray]:
     from featurebank.sizing import accelerator
 
     spec = get_backbone(args.backbone)
-    every = sorted(Path(args.source).glob("*/*.jpg"))
-    photos = every[:: max(1, len(every) // args.images)][: args.images]
-    images, _, _ = decode_many(photos, spec.input_size)
+    images, _, _ = decode_many(spread_photos(args.source, args.images), spec.input_size)
     manifest = resolve_manifest(spec, weights=args.weights, input_size=spec.input_size, dtype="float16",
                                 compute_dtype=args.compute_dtype)
     embedded = Embedder.for_manifest(manifest, weights=args.weights, batch_size=len(images), spec=spec)(images)
     return {"maps": embedded.maps, "avg": embedded.pooled["avg"],
             "device": np.array(accelerator(spec.library) or "cpu")}
-
-
-def relative_l2(value: np.ndarray, reference: np.ndarray) -> float:
-    value, reference = value.astype(np.float32), reference.astype(np.float32)
-    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
 
 
 def main() -> None:

@@ -153,7 +153,8 @@ def main() -> None:
               help="Decoders [default: one per usable core, less one].")
 @click.option("--decoder", type=click.Choice(DECODERS), default=None,
               help="Decode in threads or in processes (which write into shared memory) [default: processes next to "
-                   "a GPU with 8+ cores, threads elsewhere].")
+                   "a GPU with 8+ cores, threads elsewhere]; nvjpeg: JPEGs on the CUDA GPU (torchvision), "
+                   "its own cache key.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(ENGINES),
               help="local: this process; ray: a Ray cluster (pip install -e '.[ray]').")
 @click.option("--ray-address", default=None,
@@ -232,7 +233,7 @@ def info(cache, as_json):
             f"{os.path.basename(row['cache_file'])}  backbone={row['backbone']} weights={row['weights'][:23]} "
             f"dtype={row['dtype']} input={'x'.join(map(str, row['input_size']))} features={shape} "
             f"store={row['store']} augment={row['augment']} stages={'yes' if row['stage_width'] else 'no'} "
-            f"compute={row['compute_dtype']} images={row['images']} size={row['bytes'] / 1e6:.1f} MB"
+            f"compute={row['compute_dtype']} decoder={row['decoder']} images={row['images']} size={row['bytes'] / 1e6:.1f} MB"
         )
     for message in broken:
         click.echo(f"error: {message}", err=True)
@@ -346,6 +347,8 @@ def predict(run_dir, weights, batch_size, as_json, images):
             click.echo(f"{row['path']}: {row['class']} ({others})")
     for item in result["skipped"]:
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+    for message in result["warnings"]:
+        click.echo(f"warning: {message}", err=True)
 
 
 # -- train-cnn ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from classifiers.runs import read_run, verify_file
 from featurebank.rows import VECTOR_POOLINGS, stored_vectors
 from featurebank.embed import Embedder, embed_files
 from featurebank.errors import ModelFileError
-from featurebank.decoding import decoded_batches
+from featurebank.decoding import decoded_batches, decoder_for_cache
 from featurebank.scan import Skipped, file_sha256, inspect_file
 
 RUN_KINDS = ("dense_head", "cnn", "svm")
@@ -67,8 +67,9 @@ def _usable(images) -> tuple[list[Path], list[dict]]:
     return paths, skipped
 
 
-def _model_and_batches(run_dir: Path, config: dict, paths: list[Path], *, weights, batch_size: int, failures: list):
-    """(predict_proba function, iterator of (paths, model inputs)) for the run's kind."""
+def _model_and_batches(run_dir: Path, config: dict, paths: list[Path], *, weights, batch_size: int, failures: list,
+                       warnings: list):
+    """(predict_proba function, iterator of (paths, model inputs)) for the run's kind; ``warnings`` gets notes for the user."""
     kind = config.get("kind")
     if kind not in RUN_KINDS:
         raise ModelFileError(f"{run_dir}: unknown run kind {kind!r}; expected one of {', '.join(RUN_KINDS)}")
@@ -94,8 +95,11 @@ def _model_and_batches(run_dir: Path, config: dict, paths: list[Path], *, weight
         from classifiers.jobs import load_checked_model
 
         proba = load_checked_model(run_dir).predict_proba
+    decoder, warning = decoder_for_cache(manifest)
+    if warning:
+        warnings.append(warning)
     embedded = embed_files(paths, lambda p: p, embedder, input_size=tuple(manifest["input_size"]),
-                           batch_size=batch_size, failures=failures)
+                           batch_size=batch_size, failures=failures, decoder=decoder)
     inputs = ((batch, stored_vectors(e.pooled, pooling) if pooling in VECTOR_POOLINGS else e.maps.astype(np.float32))
               for batch, e in embedded)
     return proba, inputs
@@ -107,14 +111,16 @@ def predict_images(run_dir, images, *, weights: str | None = None, batch_size: i
     classes = config["classes"]
     paths, skipped = _usable(images)
     failures: list = []
+    warnings: list[str] = []
     predictions = []
     if paths:
         proba, batches = _model_and_batches(run_dir, config, paths, weights=weights, batch_size=batch_size,
-                                            failures=failures)
+                                            failures=failures, warnings=warnings)
         for batch, X in batches:
             for path, row in zip(batch, proba(X)):
                 best = int(np.argmax(row))
                 predictions.append({"path": str(path), "class": classes[best], "probability": float(row[best]),
                                     "probabilities": {c: float(p) for c, p in zip(classes, row)}})
     skipped += [{"path": str(path), "reason": reason} for path, reason in failures]
-    return {"run_dir": str(run_dir), "kind": config.get("kind"), "predictions": predictions, "skipped": skipped}
+    return {"run_dir": str(run_dir), "kind": config.get("kind"), "predictions": predictions, "skipped": skipped,
+            "warnings": warnings}

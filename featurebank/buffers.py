@@ -12,6 +12,7 @@ never overwritten, since CPython's reference count says it is in use.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,8 +25,9 @@ class RecycledArrays:
     more memory than one that allocates afresh.
     """
 
-    def __init__(self, keep: int = 8):
+    def __init__(self, keep: int = 8, allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] = np.empty):
         self.keep = keep
+        self.allocate = allocate  # e.g. arrays over pinned memory (gpu_decoding.py)
         self._arrays: list[np.ndarray] = []
         probe = [np.empty(0)]
         self._unused_count = sys.getrefcount(probe[0])  # the list's reference and the call's own
@@ -38,7 +40,7 @@ class RecycledArrays:
                 if self._arrays[i].shape == shape and self._arrays[i].dtype == dtype:
                     self._arrays.append(self._arrays.pop(i))  # most recently used last
                     return self._arrays[-1]
-        made = np.empty(shape, dtype)
+        made = self.allocate(shape, dtype)
         self._arrays.append(made)
         if len(self._arrays) > self.keep:
             self._arrays.pop(0)

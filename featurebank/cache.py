@@ -37,6 +37,7 @@ from featurebank.images import lower_thread_priority
 FORMAT_VERSION = 1  # of the shards and manifest; part of every cache key
 COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
 DTYPES = ("float16", "float32")
+PIXEL_DECODERS = ("pillow", "nvjpeg")  # whose pixels a cache holds (the manifest's "decoder"; absent: pillow)
 COMPUTE_DTYPES = ("float32", "bfloat16")  # the backbone's arithmetic; bfloat16: mixed precision (float32 weights)
 STORES = ("maps", "pooled")  # maps: feature maps + pooled vectors; pooled: pooled vectors only
 POOLED = ("avg", "max")  # pooled side data stored beside every map, as datasets pooled_<name>
@@ -55,15 +56,16 @@ def library_version(name: str) -> str:
 def make_manifest(
     *, backbone: str, weights: str, input_size: tuple[int, int], preprocessing: str, layer: str,
     dtype: str, library: str, store: str = "maps", augment: str = "none", stages: tuple[tuple[str, int], ...] = (),
-    compute_dtype: str = "float32",
+    compute_dtype: str = "float32", decoder: str = "pillow",
 ) -> dict:
     """Everything that determines the stored numbers; its hash is the cache key.
 
     ``store``, ``augment``, ``stages`` ((layer, channels) of each stage whose avg-pooled output
-    is stored) and ``compute_dtype`` (the backbone's arithmetic: bfloat16 maps differ from float32
+    is stored), ``compute_dtype`` (the backbone's arithmetic: bfloat16 maps differ from float32
     ones by 1-10%, far more than float16 storage rounds, so the two are never mixed in one cache)
-    enter the manifest only when they differ from the defaults, so caches made before they existed
-    keep their keys.
+    and ``decoder`` (whose pixels: Pillow's, or nvJPEG's on a GPU, a few levels apart; one of
+    PIXEL_DECODERS) enter the manifest only when they differ from the defaults, so caches made
+    before they existed keep their keys.
     """
     manifest = {
         "format": FORMAT_VERSION,
@@ -84,6 +86,11 @@ def make_manifest(
         manifest["stages"] = [[str(layer), int(channels)] for layer, channels in stages]
     if compute_dtype != "float32":
         manifest["compute_dtype"] = compute_dtype
+    if decoder not in PIXEL_DECODERS:
+        raise InvalidArgument(f"decoder must be one of {', '.join(PIXEL_DECODERS)}; received {decoder!r}")
+    if decoder != "pillow":
+        manifest["decoder"] = decoder
+        manifest["versions"].update({name: library_version(name) for name in ("torch", "torchvision")})
     return manifest
 
 

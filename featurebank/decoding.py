@@ -14,6 +14,10 @@ Extraction, predict, the CNN's data and the audit all decode through ``decoded_b
 
 Both give the same pixels and report the same failures, item for item, in the same order; with
 processes a batch in which files failed is shorter by as many (threads fill it up from later files).
+
+- ``nvjpeg`` (asked for by name only): JPEGs decoded in batches on the GPU (gpu_decoding.py), the
+  files read and the other formats decoded by Pillow on threads. Its pixels are nvJPEG's, a few
+  levels from Pillow's, so such a cache has a key of its own (``"decoder": "nvjpeg"``).
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ def _died(paths: list) -> FeaturebankError:
                             "kept; run again, with --decoder threads to find a file that crashes")
 
 
-def _failed(item: T, reason: str, path_of: Callable[[T], str | Path], failures: list | None) -> None:
+def note_failure(item: T, reason: str, path_of: Callable[[T], str | Path], failures: list | None) -> None:
     """A file that did not decode: noted in ``failures``, or raised where the caller keeps none."""
     if failures is None:
         raise ImageDecodeError(f"{path_of(item)}: {reason}")
@@ -233,7 +237,7 @@ class _RingDecoding:
                     if reason is None:
                         good.append(position)
                     else:
-                        _failed(item, reason, path_of, failures)
+                        note_failure(item, reason, path_of, failures)
             if good:
                 whole = self.owners[batch.slot].reshape(self.batch_shape)
                 for target, position in enumerate(good):
@@ -272,7 +276,7 @@ def _threaded_batches(pool: _ThreadDecoding, source: Iterator[T], path_of: Calla
         item, task = pending.popleft()
         [outcome] = pool.outcomes(task)
         if isinstance(outcome, str):
-            _failed(item, outcome, path_of, failures)
+            note_failure(item, outcome, path_of, failures)
         else:
             pixels[len(batch)] = outcome
             batch.append(item)
@@ -288,6 +292,34 @@ def _threaded_batches(pool: _ThreadDecoding, source: Iterator[T], path_of: Calla
 _END = object()
 
 
+def pixel_decoder(decoder: str | None) -> str:
+    """Whose pixels a decoder makes (cache.PIXEL_DECODERS): Pillow's with threads and processes (or None)."""
+    if decoder is not None and decoder not in DECODERS:
+        raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
+    return "nvjpeg" if decoder == "nvjpeg" else "pillow"
+
+
+def decoder_for_cache(manifest: dict) -> tuple[str, str | None]:
+    """(decoder, warning or None) for decoding new images as a cache's were (predict, the audit's embeddings).
+
+    An nvJPEG cache is decoded with nvJPEG where PyTorch sees a GPU; elsewhere with Pillow, whose
+    pixels are a few levels off, and the warning says so.
+    """
+    if manifest.get("decoder", "pillow") != "nvjpeg":
+        return "threads", None
+    try:
+        import torch
+        import torchvision  # noqa: F401
+
+        if torch.cuda.is_available():
+            return "nvjpeg", None
+    except ImportError:
+        pass
+    return "threads", ("this cache's JPEGs were decoded by nvJPEG on a GPU, and here Pillow decodes them: "
+                       "their pixels differ by a few levels, so the features (and perhaps a prediction) may "
+                       "differ slightly")
+
+
 def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size: tuple[int, int], *,
                     batch_size: int, workers: int | None = None, failures: list | None = None,
                     priority: str = "low", decoder: str = "threads") -> Iterator[tuple[list[T], np.ndarray]]:
@@ -296,12 +328,13 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     ``items`` may be a lazy iterable (extraction feeds claimed work as it goes). Files that fail
     to decode are appended to ``failures`` as (item, reason) and left out; without ``failures``
     the first failure raises ImageDecodeError. ``priority='low'`` runs the decoders at nice 10, for
-    when they share a small CPU with a backbone. ``decoder`` is 'threads' or 'processes'. With
+    when they share a small CPU with a backbone. ``decoder`` is 'threads', 'processes' or 'nvjpeg'
+    (JPEGs decoded on the GPU, gpu_decoding.py; its pixels differ from Pillow's). With
     threads, files that no decoder has started when they are needed are decoded by the caller's
     thread, which would otherwise only wait: at the start, and whenever the decoders fall behind or
     are starved; batches are full but for the last. With processes, a batch is a view of shared
     memory, decoded into again once the caller lets go of it, and a batch in which files failed
-    comes out shorter by as many.
+    comes out shorter by as many (with nvjpeg too).
     """
     if decoder not in DECODERS:
         raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
@@ -309,6 +342,11 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     if decoder == "threads":
         pool = _ThreadDecoding(workers, size, priority == "low")
         batches = _threaded_batches(pool, iter(items), path_of, size, batch_size, failures)
+    elif decoder == "nvjpeg":
+        from featurebank.gpu_decoding import NvjpegDecoding
+
+        pool = NvjpegDecoding(workers, size, batch_size)
+        batches = pool.batches(iter(items), path_of, failures)
     else:
         pool = _RingDecoding(workers, size, batch_size, priority == "low")
         batches = pool.batches(iter(items), path_of, failures)

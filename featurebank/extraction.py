@@ -19,6 +19,7 @@ import numpy as np
 from featurebank.backbones import Backbone, available_backbones, get_backbone, weights_identity
 from featurebank.cache import COMPUTE_DTYPES, DTYPES, STORES, configure_array_pool, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
+from featurebank.decoding import pixel_decoder
 from featurebank.embed import AUGMENTS, Embedder
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
@@ -75,7 +76,8 @@ class Progress:
 
 
 def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str, store: str = "maps",
-                     augment: str = "none", stages: bool = False, compute_dtype: str = "float32") -> dict:
+                     augment: str = "none", stages: bool = False, compute_dtype: str = "float32",
+                     decoder: str | None = None) -> dict:
     for name, value, allowed in (("dtype", dtype, DTYPES), ("store", store, STORES), ("augment", augment, AUGMENTS),
                                  ("compute_dtype", compute_dtype, COMPUTE_DTYPES)):
         if value not in allowed:
@@ -93,7 +95,7 @@ def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str
         backbone=backbone.name, weights=weights_identity(weights, backbone), input_size=input_size,
         preprocessing=backbone.preprocessing, layer=backbone.layer, dtype=dtype,
         library=backbone.library, store=store, augment=augment, stages=backbone.stages if stages else (),
-        compute_dtype=compute_dtype,
+        compute_dtype=compute_dtype, decoder=pixel_decoder(decoder),
     )
 
 
@@ -140,7 +142,8 @@ class ExtractionPlan:
 
 def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, input_size, split_seed: int,
                     split_fractions, balanced: int | None, store: str = "maps", augment: str = "none",
-                    stages: bool = False, compute_dtype: str = "float32", rebuild: bool = False,
+                    stages: bool = False, compute_dtype: str = "float32", decoder: str | None = None,
+                    rebuild: bool = False,
                     rehash: bool = False, verify: bool = False,
                     exclude=None, warn=None) -> ExtractionPlan:
     """Scan ``data`` (hashing only files whose size, time or inode changed) and read what the cache holds."""
@@ -148,7 +151,7 @@ def plan_extraction(data, *, backbone: str, cache, weights: str, dtype: str, inp
     size = tuple(input_size or spec.input_size)
     feature_store = FeatureStore(cache, resolve_manifest(spec, weights=weights, input_size=size, dtype=dtype,
                                                          store=store, augment=augment, stages=stages,
-                                                         compute_dtype=compute_dtype))
+                                                         compute_dtype=compute_dtype, decoder=decoder))
     if rebuild:
         feature_store.remove()
     feature_store.prepare()
@@ -229,16 +232,19 @@ def extract(
     ``engine='ray'`` runs the same extraction on a Ray cluster (``ray_address``; a local one if None).
     ``batch_size``, ``decode_workers`` and ``decoder`` ('threads' or 'processes') left as None are
     chosen from the device and the cores (featurebank/sizing.py); ``report.sizes`` says what ran.
+    ``decoder='nvjpeg'`` decodes the JPEGs on a CUDA GPU (needs torchvision), in a cache of its own key.
     """
     started = time.perf_counter()
     plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
                            input_size=input_size, split_seed=split_seed, split_fractions=split_fractions,
                            balanced=balanced, store=store, augment=augment, stages=stages,
-                           compute_dtype=compute_dtype, rebuild=rebuild,
+                           compute_dtype=compute_dtype, decoder=decoder, rebuild=rebuild,
                            rehash=rehash, verify=verify, exclude=exclude, warn=warn)
     feature_store, todo = plan.store, plan.todo
     if engine not in ENGINES:
         raise InvalidArgument(f"engine must be one of {', '.join(ENGINES)}; received {engine!r}")
+    if engine == "ray" and decoder == "nvjpeg":
+        raise InvalidArgument("--decoder nvjpeg runs with the local engine only (Ray's workers decode with Pillow)")
     outcome = {"new": 0, "failures": [], "workers": 0, "build_seconds": 0.0}
     try:
         if todo:

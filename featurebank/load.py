@@ -62,7 +62,7 @@ def describe_index(path: Path) -> dict:
         "weights": manifest["weights"], "dtype": manifest["dtype"], "input_size": manifest["input_size"],
         "feature_shape": feature_shape_of(view), "store": manifest.get("store", "maps"),
         "augment": manifest.get("augment", "none"), "stage_width": stage_width(manifest), "images": len(view.paths),
-        "compute_dtype": manifest.get("compute_dtype", "float32"),
+        "compute_dtype": manifest.get("compute_dtype", "float32"), "decoder": manifest.get("decoder", "pillow"),
         "classes": view.classes,
         "bytes": (path.stat().st_size if path.exists() else 0) + shard_bytes, "versions": manifest.get("versions", {}),
     }
@@ -106,6 +106,7 @@ def find_cache(
     augment: str | None = None,
     stages: bool = False,
     compute_dtype: str | None = None,
+    decoder: str | None = None,
 ) -> Path:
     """The one index in ``cache`` that matches; a clear error when none or several do.
 
@@ -129,6 +130,8 @@ def find_cache(
             continue
         if compute_dtype and info["compute_dtype"] != compute_dtype:
             continue
+        if decoder and info["decoder"] != decoder:
+            continue
         if not key and info["augment"] != (augment or "none"):  # augmented caches are asked for by name
             continue
         if stages and not key and not info["stage_width"]:  # a cache named by key is checked by load()
@@ -137,7 +140,7 @@ def find_cache(
     if not candidates:
         wanted = ", ".join(f"{k}={v}" for k, v in [("backbone", backbone), ("weights", weights), ("dtype", dtype),
                                                      ("key", key), ("input_size", input_size), ("augment", augment),
-                                                     ("compute_dtype", compute_dtype),
+                                                     ("compute_dtype", compute_dtype), ("decoder", decoder),
                                                      ("stage vectors", "stored (extract --stages)" if stages else None)]
                            if v)
         present = [f"{p.name}" for p in find_indexes(cache)]
@@ -150,13 +153,13 @@ def find_cache(
         lines = "; ".join(
             f"{Path(c['cache_file']).name}: weights={c['weights'][:20]} dtype={c['dtype']} "
             f"input_size={'x'.join(map(str, c['input_size']))} augment={c['augment']} "
-            f"compute_dtype={c['compute_dtype']} "
+            f"compute_dtype={c['compute_dtype']} decoder={c['decoder']} "
             f"stages={'yes' if c['stage_width'] else 'no'} images={c['images']}"
             for c in candidates
         )
         raise AmbiguousCacheError(
             f"{cache}: {len(candidates)} caches match backbone={backbone}: {lines}. "
-            "Pick one with weights=..., dtype=..., input_size=..., augment=..., compute_dtype=... or key=... "
+            "Pick one with weights=..., dtype=..., input_size=..., augment=..., compute_dtype=..., decoder=... or key=... "
             "(CLI: --weights, --dtype, --key, or the index file itself as --cache; or name the backbone as "
             "backbone:augment)"
         )
@@ -177,6 +180,7 @@ def load(
     exclude: str | os.PathLike | None = None,
     augment: str | None = None,
     compute_dtype: str | None = None,
+    decoder: str | None = None,
     lazy: bool = False,
 ) -> FeatureSet:
     """Load cached features as numpy.
@@ -185,8 +189,8 @@ def load(
     ----------
     cache : folder holding the caches (``featurebank extract --cache``), or one index ``.h5`` file.
     backbone : which backbone's cache; ``weights``, ``dtype``, ``input_size``, ``compute_dtype``
-        ('float32' or 'bfloat16', extract --compute-dtype) or ``key`` pick among several caches of
-        the same backbone.
+        ('float32' or 'bfloat16', extract --compute-dtype), ``decoder`` ('pillow' or 'nvjpeg', whose
+        pixels: extract --decoder nvjpeg) or ``key`` pick among several caches of the same backbone.
     split : 'train', 'val' or 'test' to keep only that split; None keeps all images.
     pooling : None for the stored (N, h, w, c) maps, 'avg' or 'max' for (N, c), 'flatten' for (N, h*w*c);
         'stages' for the stored stage vectors (a cache made with ``extract --stages``), and
@@ -215,7 +219,7 @@ def load(
     path = Path(cache).expanduser()
     if path.suffix != ".h5":
         path = find_cache(path, backbone, weights=weights, dtype=dtype, key=key, input_size=input_size, augment=augment,
-                          stages=wants_stages, compute_dtype=compute_dtype)
+                          stages=wants_stages, compute_dtype=compute_dtype, decoder=decoder)
     view = read_view(path)
     labels, paths, digests, splits, attrs = view.labels, view.paths, view.sha256, view.split, view.attrs
     classes, manifest = view.classes, view.manifest

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from featurebank.errors import InvalidArgument
 
-DECODERS = ("threads", "processes")  # how the decoding pool runs (featurebank/decoding.py)
+DECODERS = ("threads", "processes", "nvjpeg")  # how the decoding pool runs (featurebank/decoding.py)
 SHARED_MEMORY = "/dev/shm"  # where decoding processes keep their ring of decoded images
 PROCESS_DECODING_CORES = 8  # next to an accelerator, from this many cores decoding runs in processes
 PROCESS_DECODING_SHM = 1 << 30  # ...when shared memory has this room (ring: 6 batches of 128 at 512x384, 432 MiB)
@@ -39,9 +39,12 @@ class EngineSizes:
         return self.device != "cpu"
 
     def describe(self) -> str:
-        decoders = {"threads": "thread", "processes": "process"}[self.decoder] if self.decode_workers == 1 else self.decoder
-        return (f"{self.device}, {self.cores} cores: batch {self.batch_size}, {self.decode_workers} decoding "
-                f"{decoders}, {self.compression_workers} compression "
+        if self.decoder == "nvjpeg":
+            decoding = f"JPEGs decoded by nvJPEG, {self.decode_workers} reading thread{'s' * (self.decode_workers != 1)}"
+        else:
+            kind = {"threads": "thread", "processes": "process"}[self.decoder] if self.decode_workers == 1 else self.decoder
+            decoding = f"{self.decode_workers} decoding {kind}"
+        return (f"{self.device}, {self.cores} cores: batch {self.batch_size}, {decoding}, {self.compression_workers} compression "
                 f"thread{'s' * (self.compression_workers != 1)}")
 
     def as_dict(self) -> dict:

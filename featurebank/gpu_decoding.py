@@ -1,0 +1,240 @@
+"""JPEG decoding on the GPU (nvJPEG, through torchvision), for when the host's cores cannot feed the backbone.
+
+Next to an H200 the backbone embeds 4,000-7,000 TrashNet photos a second and Pillow decodes ~620
+per core, so the host's decoders, not the GPU, bound a pooled or compressed extraction
+(BENCHMARKS.md, "The GPU stage"). ``--decoder nvjpeg`` reads the files' bytes on a pool of
+threads and decodes the JPEGs in batches on the GPU (``torchvision.io.decode_jpeg(list,
+device='cuda')``), resizes them there when needed (bilinear, antialiased: within one level of
+Pillow's), and copies each batch out through reused pinned host buffers. Files nvJPEG should not
+decode go to Pillow on the reading threads, so that the cache holds what Pillow would make of
+them: other formats, JPEGs with an EXIF rotation, CMYK or Adobe-RGB JPEGs, 12-bit ones, and JPEGs
+that nvJPEG fails on. Broken files are skipped with Pillow's reason, as with the other decoders.
+
+nvJPEG's pixels differ from libjpeg-turbo's (Pillow's) by a few levels, so the cache records
+``"decoder": "nvjpeg"`` in its manifest: a cache of its own key, never chosen for the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from featurebank.buffers import RecycledArrays
+from featurebank.decoding import decode_files, note_failure
+from featurebank.errors import FeaturebankError
+
+T = TypeVar("T")
+DEVICE = "cuda"  # where JPEGs are decoded; on "cpu" torchvision uses libjpeg-turbo, Pillow's pixels exactly (tests)
+INSTALL_HINT = "--decoder nvjpeg needs PyTorch and torchvision: pip install -e '.[offline]' (or pip install torchvision)"
+BATCHES_AHEAD = 2  # decoded batches waiting for the consumer, besides the one being decoded
+_BASELINE_SOF = (0xC0, 0xC1, 0xC2)  # Huffman-coded baseline, extended and progressive JPEGs (nvJPEG decodes these)
+_OTHER_SOF = (0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)  # lossless, hierarchical, arithmetic
+_RGB_COMPONENT_IDS = (82, 71, 66)  # 'R', 'G', 'B': libjpeg reads such a JPEG as RGB, not YCbCr
+
+
+def import_torchvision_decoder():
+    """torchvision's ``decode_jpeg`` (and torch), or an install hint."""
+    try:
+        import torch
+        from torchvision.io import decode_jpeg
+    except ImportError:
+        raise FeaturebankError(INSTALL_HINT) from None
+    return torch, decode_jpeg
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag (0x0112) of IFD0 in an EXIF block's TIFF bytes; None where absent or unreadable."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    offset = int.from_bytes(tiff[4:8], order)
+    if offset + 2 > len(tiff):
+        return None
+    for entry in range(int.from_bytes(tiff[offset:offset + 2], order)):
+        start = offset + 2 + 12 * entry
+        if start + 12 > len(tiff):
+            return None
+        if int.from_bytes(tiff[start:start + 2], order) == 0x0112:
+            return int.from_bytes(tiff[start + 8:start + 10], order)
+    return None
+
+
+def nvjpeg_can_decode(data: bytes) -> bool:
+    """Whether these bytes are a JPEG that nvJPEG decodes to the pixels Pillow means.
+
+    Walks the markers up to the frame header: an 8-bit Huffman JPEG of 1 or 3 components, stored
+    upright (no EXIF rotation), and not one that libjpeg reads as RGB or CMYK (an Adobe marker
+    with transform 0, component ids R, G, B). Everything else goes to Pillow.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    position, adobe_rgb = 2, False
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        segment = data[position + 4:position + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and _exif_orientation(segment[6:]) not in (None, 1):
+            return False
+        if marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
+            adobe_rgb = segment[11] == 0
+        if marker in _BASELINE_SOF:
+            if len(segment) < 6:
+                return False
+            precision, components = segment[0], segment[5]
+            ids = tuple(segment[6 + 3 * c] for c in range(components)) if len(segment) >= 6 + 3 * components else ()
+            return precision == 8 and components in (1, 3) and not (components == 3 and (adobe_rgb or ids == _RGB_COMPONENT_IDS))
+        if marker in _OTHER_SOF or marker == 0xDA:  # a frame nvJPEG does not decode, or scan data before any frame
+            return False
+        position += 2 + length
+    return False
+
+
+def read_for_gpu(path: str | Path, size: tuple[int, int]) -> bytes | np.ndarray | str:
+    """On a reading thread: the bytes of a JPEG for nvJPEG, else Pillow's pixels, else the reason it failed."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return decode_files([path], size)[0]  # the reason Pillow gives, as with the other decoders
+    return data if nvjpeg_can_decode(data) else decode_files([path], size)[0]
+
+
+class NvjpegDecoding:
+    """Batches of uint8 (n, H, W, 3) pixels decoded on ``device`` (DEVICE when None) and copied to the host.
+
+    ``workers`` threads read files (and decode with Pillow the files nvJPEG should not); one
+    thread of its own decodes batches on the device, up to BATCHES_AHEAD ahead of the consumer.
+    A batch in which files failed comes out shorter by as many; failures keep the files' order.
+    """
+
+    def __init__(self, workers: int, size: tuple[int, int], batch_size: int, device: str | None = None):
+        self.torch, self.decode_jpeg = import_torchvision_decoder()
+        torch = self.torch
+        self.device = torch.device(device or DEVICE)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise FeaturebankError("--decoder nvjpeg decodes on a CUDA GPU and PyTorch sees none here; "
+                                   "use --decoder threads or processes")
+        self.size, self.batch_size = tuple(size), batch_size
+        self.readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-read")
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        pinned = self.device.type == "cuda"
+        self.host = RecycledArrays(keep=BATCHES_AHEAD + 4, allocate=(lambda shape, dtype: torch.empty(
+            shape, dtype=torch.uint8, pin_memory=True).numpy()) if pinned else np.empty)
+
+    def _decode_on_device(self, datas: list[bytes]) -> list:
+        """Each JPEG's (H, W, 3) uint8 tensor on the device, or None where nvJPEG failed on it."""
+        torch = self.torch
+        encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its image decoders for TorchCodec's
+            try:
+                decoded = self.decode_jpeg(encoded, mode="RGB", device=self.device)
+            except RuntimeError:  # nvJPEG gives no partial results: find the files it fails on one by one
+                decoded = []
+                for one in encoded:
+                    try:
+                        decoded.append(self.decode_jpeg(one, mode="RGB", device=self.device))
+                    except RuntimeError:
+                        decoded.append(None)
+        return [None if image is None else image.permute(1, 2, 0) for image in decoded]
+
+    def _resized(self, image):
+        """(H, W, 3) uint8 on the device at self.size: bilinear, antialiased, as Pillow's resize (within 1 level)."""
+        if tuple(image.shape[:2]) == self.size:
+            return image
+        torch = self.torch
+        scaled = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None].float(), size=self.size,
+                                                 mode="bilinear", antialias=True, align_corners=False)
+        return scaled[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+    def _batch(self, items: list, paths: list, outcomes: list) -> tuple[list, np.ndarray | None, list[tuple]]:
+        """(good items, their uint8 pixels on the host, [(item, reason)] of the failed ones) of one batch.
+
+        A JPEG that nvJPEG fails on goes to Pillow, which decodes it or gives the reason threads would."""
+        on_device = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, bytes)]
+        for i, image in zip(on_device, self._decode_on_device([outcomes[i] for i in on_device])):
+            outcomes[i] = self._resized(image) if image is not None else decode_files([paths[i]], self.size)[0]
+        good = [(item, outcome) for item, outcome in zip(items, outcomes) if not isinstance(outcome, str)]
+        failed = [(item, outcome) for item, outcome in zip(items, outcomes) if isinstance(outcome, str)]
+        if not good:
+            return [], None, failed
+        torch = self.torch
+        stacked = torch.empty((len(good), *self.size, 3), dtype=torch.uint8, device=self.device)
+        for row, (_, image) in enumerate(good):
+            # Pillow's arrays are read-only views of its image; the few it decodes here are copied to the device.
+            stacked[row] = torch.from_numpy(np.array(image)) if isinstance(image, np.ndarray) else image
+        pixels = self.host.take((len(good), *self.size, 3), np.uint8)
+        # The pinned tensor under the array, so that the copy is a DMA that torch knows it may start asynchronously.
+        target = pixels.base if isinstance(pixels.base, torch.Tensor) else torch.from_numpy(pixels)
+        target.copy_(stacked, non_blocking=self.stream is not None)
+        if self.stream is not None:
+            self.stream.synchronize()
+        return [item for item, _ in good], pixels, failed
+
+    def batches(self, source: Iterator[T], path_of: Callable[[T], str | Path],
+                failures: list | None) -> Iterator[tuple[list[T], np.ndarray]]:
+        ready: queue.Queue = queue.Queue(maxsize=BATCHES_AHEAD)
+        stop = threading.Event()
+        end = object()
+
+        def reads(chunk: list) -> list:
+            return [self.readers.submit(read_for_gpu, path_of(item), self.size) for item in chunk]
+
+        def produce() -> None:
+            try:
+                with torch_stream(self.torch, self.stream):
+                    chunk = list(islice(source, self.batch_size))
+                    started = reads(chunk)
+                    while chunk and not stop.is_set():
+                        following = list(islice(source, self.batch_size))
+                        following_reads = reads(following)  # read the next batch while this one decodes
+                        ready.put(self._batch(chunk, [path_of(item) for item in chunk],
+                                              [task.result() for task in started]))
+                        chunk, started = following, following_reads
+                ready.put(end)
+            except BaseException as exc:  # raised on the consumer's thread
+                ready.put(exc)
+
+        producer = threading.Thread(target=produce, name="featurebank-nvjpeg", daemon=True)
+        producer.start()
+        try:
+            while (got := ready.get()) is not end:
+                if isinstance(got, BaseException):
+                    raise got
+                items, pixels, failed = got
+                for item, reason in failed:
+                    note_failure(item, reason, path_of, failures)
+                if items:
+                    yield items, pixels
+                del pixels, got
+        finally:
+            stop.set()
+            while producer.is_alive():  # let a producer blocked on a full queue finish
+                with contextlib.suppress(queue.Empty):
+                    ready.get(timeout=0.05)
+            producer.join()
+
+    def close(self) -> None:
+        self.readers.shutdown(wait=True, cancel_futures=True)
+
+
+def torch_stream(torch, stream):
+    """The CUDA stream context, or nothing on the CPU."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()

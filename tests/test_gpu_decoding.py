@@ -1,0 +1,152 @@
+"""--decoder nvjpeg: JPEGs decoded in batches by torchvision (nvJPEG on a GPU), everything else by Pillow.
+
+No GPU here: these tests run the same code with torchvision decoding on the CPU
+(``gpu_decoding.DEVICE = "cpu"``), where it uses libjpeg-turbo and gives Pillow's pixels exactly,
+so any pixel, order or failure that differs from the threads' is the code's fault. nvJPEG's own
+pixels (a few levels from Pillow's) are measured by bench/gpu_extract.py on a GPU.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+import featurebank
+from featurebank import gpu_decoding
+from featurebank.cache import cache_key
+from featurebank.decoding import decoded_batches, decoder_for_cache
+from featurebank.errors import FeaturebankError, InvalidArgument
+from featurebank.images import ImageDecodeError
+
+from conftest import FEATUREBANK
+
+pytest.importorskip("torchvision", reason="--decoder nvjpeg needs torchvision (pip install -e '.[offline]')")
+
+SIZE = (48, 64)
+
+
+def save(path, image: Image.Image, **options) -> str:
+    image.save(path, "JPEG" if path.suffix == ".jpg" else "PNG", **options)
+    return path.name
+
+
+@pytest.fixture
+def varied_files(tmp_path):
+    """Every kind of file the routing tells apart; returns (files in order, {name: expected route to nvJPEG})."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, SIZE + (3,), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    upright = Image.Exif()
+    upright[0x0112] = 1
+    routes = {
+        save(tmp_path / "plain.jpg", photo): True,
+        save(tmp_path / "grey.jpg", photo.convert("L")): True,
+        save(tmp_path / "progressive.jpg", photo, progressive=True): True,
+        save(tmp_path / "upright.jpg", photo, exif=upright.tobytes()): True,
+        save(tmp_path / "larger.jpg", photo.resize((70, 52))): True,  # resized on the device
+        save(tmp_path / "rotated.jpg", photo, exif=rotated.tobytes()): False,  # Pillow applies the rotation
+        save(tmp_path / "cmyk.jpg", photo.convert("CMYK")): False,
+        save(tmp_path / "stored_rgb.jpg", photo, keep_rgb=True): False,  # components R, G, B: not YCbCr
+        save(tmp_path / "drawing.png", photo): False,
+    }
+    whole = (tmp_path / "plain.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # a JPEG header, then too little data
+    (tmp_path / "notes.jpg").write_text("not an image")
+    routes.update({"cut.jpg": True, "notes.jpg": False})
+    names = ["plain.jpg", "notes.jpg", "grey.jpg", "rotated.jpg", "cut.jpg", "progressive.jpg", "cmyk.jpg",
+             "larger.jpg", "stored_rgb.jpg", "drawing.png", "upright.jpg", "missing.jpg"]
+    return [tmp_path / name for name in names], routes
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    monkeypatch.setattr(gpu_decoding, "DEVICE", "cpu")
+
+
+def decode_all(files, decoder, batch_size=5):
+    failures: list = []
+    batches = [(list(items), pixels.copy()) for items, pixels in decoded_batches(
+        files, lambda p: p, SIZE, batch_size=batch_size, workers=2, failures=failures, decoder=decoder)]
+    return batches, failures
+
+
+def test_routing_sends_only_upright_8_bit_ycbcr_or_grey_jpegs_to_nvjpeg(varied_files):
+    files, routes = varied_files
+    for path in files:
+        if path.exists():
+            assert gpu_decoding.nvjpeg_can_decode(path.read_bytes()) == routes[path.name], path.name
+
+
+def test_nvjpeg_decoder_gives_the_threads_pixels_order_and_failures(varied_files, on_cpu):
+    files, _ = varied_files
+    threads, thread_failures = decode_all(files, "threads")
+    nvjpeg, nvjpeg_failures = decode_all(files, "nvjpeg")
+    good = [p for p in files if p.name not in ("notes.jpg", "cut.jpg", "missing.jpg")]
+    assert [item for items, _ in nvjpeg for item in items] == good
+    assert [len(items) for items, _ in nvjpeg] == [3, 5, 1]  # a batch is shorter by the files that failed in it
+    assert [(p.name, reason) for p, reason in nvjpeg_failures] == [(p.name, reason) for p, reason in thread_failures]
+    assert [p.name for p, _ in nvjpeg_failures] == ["notes.jpg", "cut.jpg", "missing.jpg"]
+    ours = dict(zip(good, np.concatenate([pixels for _, pixels in nvjpeg])))
+    theirs = dict(zip(good, np.concatenate([pixels for _, pixels in threads])))
+    for path in good:
+        assert ours[path].shape == SIZE + (3,) and ours[path].dtype == np.uint8
+        difference = np.abs(ours[path].astype(int) - theirs[path]).max()
+        # Resized on the device by torch's antialiased bilinear filter: within one level of Pillow's.
+        assert difference <= (1 if path.name == "larger.jpg" else 0), (path.name, difference)
+
+
+def test_nvjpeg_decoder_without_failures_list_raises_on_the_first_bad_file(varied_files, on_cpu):
+    files, _ = varied_files
+    with pytest.raises(ImageDecodeError, match="notes.jpg: cannot decode image: cannot identify image file"):
+        list(decoded_batches(files, lambda p: p, SIZE, batch_size=5, workers=2, decoder="nvjpeg"))
+
+
+def test_nvjpeg_decoder_needs_a_cuda_gpu_and_says_so():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(FeaturebankError, match="CUDA GPU.*--decoder threads"):
+        gpu_decoding.NvjpegDecoding(1, SIZE, 4)
+
+
+def test_nvjpeg_cache_is_a_key_of_its_own_with_the_same_features_here(tmp_path, make_images, on_cpu):
+    data = tmp_path / "data"
+    make_images(data, 2)  # 2 per class
+    (data / "glass" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    settings = dict(backbone="rgb-stats", cache=tmp_path / "cache", input_size=(64, 48), batch_size=4)
+    pillow = featurebank.extract(data, **settings)
+    nvjpeg = featurebank.extract(data, **settings, decoder="nvjpeg")
+    assert nvjpeg.key != pillow.key and nvjpeg.new == 12 and nvjpeg.sizes["decoder"] == "nvjpeg"
+    assert [s.path for s in nvjpeg.skipped] == [s.path for s in pillow.skipped]
+    assert [s.reason for s in nvjpeg.skipped] == [s.reason for s in pillow.skipped]
+    with pytest.raises(FeaturebankError, match="decoder=pillow.*decoder=nvjpeg|decoder=nvjpeg.*decoder=pillow"):
+        featurebank.load(tmp_path / "cache", "rgb-stats")
+    ours = featurebank.load(tmp_path / "cache", "rgb-stats", decoder="nvjpeg")
+    theirs = featurebank.load(tmp_path / "cache", "rgb-stats", decoder="pillow")
+    assert ours.manifest["decoder"] == "nvjpeg" and "torchvision" in ours.manifest["versions"]
+    assert "decoder" not in theirs.manifest and cache_key(theirs.manifest) == pillow.key
+    order = np.argsort(ours.sha256)
+    np.testing.assert_array_equal(ours.X[order], theirs.X[np.argsort(theirs.sha256)])
+    assert decoder_for_cache(ours.manifest)[0] == "threads" and "nvJPEG" in decoder_for_cache(ours.manifest)[1]
+    assert decoder_for_cache(theirs.manifest) == ("threads", None)
+
+
+def test_cli_nvjpeg_without_a_gpu_is_one_line_and_ray_refuses_it(tmp_path, make_images):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    make_images(tmp_path / "data" / "a", 2)
+    run = subprocess.run(FEATUREBANK + ["extract", "--data", str(tmp_path / "data"), "--backbone", "rgb-stats",
+                                        "--cache", str(tmp_path / "cache"), "--decoder", "nvjpeg", "--json"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "--decoder nvjpeg decodes on a CUDA GPU and PyTorch sees none" in run.stderr
+    with pytest.raises(InvalidArgument, match="local engine only"):
+        featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", decoder="nvjpeg",
+                            engine="ray")

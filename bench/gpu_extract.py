@@ -2,7 +2,7 @@
 
     python bench/gpu_extract.py [--images 10000] [--source ../shared/datasets/trashnet] [--backbone resnet50]
                                 [--weights none] [--batch-size 64] [--workers N] [--compression none] [--store maps]
-                                [--json FILE]
+                                [--decoder threads|processes|nvjpeg] [--json FILE]
 
 Makes --images distinct JPEGs by re-encoding --source photos at varied JPEG quality (every file's
 bytes differ, so nothing is deduplicated), then measures on this machine (CPU or GPU, whatever
@@ -12,8 +12,10 @@ the backbone uses):
             result let go as the next arrives (kept, every batch would need fresh host memory: on JAX,
             fresh pinned memory); then four overlapped batches are checked against one-by-one ones,
             bit for bit
-  decode    the decoding pool alone (featurebank.decoding.decoded_batches), every file, with threads and
-            with processes (the engine's choice is the one in the ratio)
+  decode    the decoding pool alone (featurebank.decoding.decoded_batches), every file, with threads,
+            with processes and with nvJPEG on the GPU (where torchvision sees one; the engine's choice, or
+            --decoder, is the one in the ratio); and how far nvJPEG's pixels are from Pillow's, on the
+            first batch
   write     the shard writer alone (same dtype, compression and shard size), on real maps repeated
   extract   `featurebank.extract` end to end into a fresh cache, every file (model build excluded), and
             the same after its first batch, which pays the pools' start and a JIT backend's compilation
@@ -50,7 +52,7 @@ from featurebank.decoding import decoded_batches
 from featurebank.images import load_image
 from featurebank.index import FeatureStore
 from featurebank.pipeline import describe_stages
-from featurebank.sizing import choose_sizes
+from featurebank.sizing import DECODERS, choose_sizes
 
 
 def make_distinct_jpegs(source: Path, out: Path, count: int) -> list[Path]:
@@ -134,6 +136,24 @@ def compile_cache_entries() -> int | None:
     return len(list(Path(folder).glob("jit_step*"))) if folder and Path(folder).is_dir() else None
 
 
+def nvjpeg_against_pillow(files: list[Path], size: tuple[int, int]) -> dict:
+    """How far nvJPEG's pixels are from Pillow's on these files (nothing where nvJPEG cannot run here)."""
+    from featurebank.gpu_decoding import NvjpegDecoding
+
+    try:
+        decoding = NvjpegDecoding(2, size, len(files))
+    except FeaturebankError as exc:
+        return {"nvjpeg_vs_pillow": str(exc)}
+    try:
+        [(_, ours)] = list(decoding.batches(iter(files), lambda p: p, failures=None))
+    finally:
+        decoding.close()
+    theirs = np.stack([load_image(p, size) for p in files]).astype(np.int16)
+    difference = np.abs(ours.astype(np.int16) - theirs)
+    return {"nvjpeg_vs_pillow": {"max_levels": int(difference.max()), "mean_levels": float(difference.mean()),
+                                 "share_of_values_differing": float((difference > 0).mean())}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
@@ -147,6 +167,7 @@ def main() -> None:
     parser.add_argument("--compression", default="none")
     parser.add_argument("--store", default="maps")
     parser.add_argument("--compute-dtype", default="float32", help="float32 or bfloat16 (mixed precision)")
+    parser.add_argument("--decoder", default=None, help="threads, processes or nvjpeg [the engine's choice]")
     parser.add_argument("--forward-images", type=int, default=512, help="images pushed through the forward-only pass")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--work", type=Path, default=None)
@@ -157,19 +178,19 @@ def main() -> None:
     size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
     sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size,
-                         decode_workers=args.workers)
+                         decode_workers=args.workers, decoder=args.decoder)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
     args.batch_size = sizes.batch_size
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
-                     "store": args.store, "compute_dtype": args.compute_dtype}
+                     "store": args.store, "compute_dtype": args.compute_dtype, "decoder": sizes.decoder}
     print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:
         data = args.data_dir or work / "data"
         files = make_distinct_jpegs(args.source, data, args.images)
         manifest = resolve_manifest(spec, weights=args.weights, input_size=size, dtype=args.dtype, store=args.store,
-                                    compute_dtype=args.compute_dtype)
+                                    compute_dtype=args.compute_dtype, decoder=args.decoder)
         embedder = Embedder.for_manifest(manifest, weights=args.weights, batch_size=args.batch_size, spec=spec)
         first = np.stack([load_image(p, size) for p in files[: args.batch_size]])
         pixels = [first, np.ascontiguousarray(first[:, :, ::-1])]  # two batches whose results differ
@@ -186,12 +207,13 @@ def main() -> None:
             for i, e in enumerate(overlapped))
         embedded = one_by_one[0]
 
-        for decoder in ("threads", "processes"):
+        figures.update(nvjpeg_against_pillow(files[: args.batch_size], size))
+        for decoder in DECODERS:
             started = time.perf_counter()
             try:
                 decoded = sum(len(batch) for batch, _ in decoded_batches(
                     files, lambda p: p, size, batch_size=args.batch_size, workers=sizes.decode_workers, decoder=decoder))
-            except FeaturebankError as exc:  # e.g. too little shared memory for the processes' ring
+            except FeaturebankError as exc:  # too little shared memory for the processes' ring; nvjpeg without a GPU
                 figures[f"decode_{decoder}_img_s"], figures[f"decode_{decoder}_error"] = 0.0, str(exc)
                 continue
             figures[f"decode_{decoder}_img_s"] = decoded / (time.perf_counter() - started)
@@ -215,7 +237,7 @@ def main() -> None:
         report = featurebank.extract(data, backbone=args.backbone, cache=work / "cache", weights=args.weights,
                                      input_size=size, batch_size=args.batch_size, dtype=args.dtype,
                                      compression=args.compression, store=args.store, decode_workers=args.workers,
-                                     compute_dtype=args.compute_dtype,
+                                     compute_dtype=args.compute_dtype, decoder=args.decoder,
                                      progress=batches)
         figures["extract_img_s"] = report.new / (report.seconds - report.build_seconds)
         figures["extract_img_s_with_build"] = report.images_per_s
@@ -226,7 +248,7 @@ def main() -> None:
         figures["extract_steady_vs_limit"] = figures["extract_steady_img_s"] / limit
         print(f"forward {figures['forward_img_s']:.1f} img/s (in flight == one by one: {figures['in_flight_equal']}), "
               f"decode {figures['decode_threads_img_s']:.1f} img/s on threads, {figures['decode_processes_img_s']:.1f} "
-              f"on processes ({sizes.decoder} in the ratio), write "
+              f"on processes, {figures['decode_nvjpeg_img_s']:.1f} with nvJPEG ({sizes.decoder} in the ratio), write "
               f"{figures['write_img_s']:.1f} img/s, extract {figures['extract_img_s']:.1f} img/s (model build excluded; "
               f"{figures['extract_img_s_with_build']:.1f} with it) = {figures['extract_vs_limit']:.3f} of "
               f"min(forward, decode, write); after its first batch (JIT compilation, pools starting) "

@@ -2,7 +2,7 @@
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=540)
 # (238 s on an H200 on 2026-11-27 for the host probe and five runs, the machine's start not counted; now
-# seven runs, decode_parent.py and device_vs_cpu.py: ~380 s expected; BENCHMARKS.md has the figures)
+# eight runs, decode_parent.py and device_vs_cpu.py: ~420 s expected; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the JSON figures land in $OUT. It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out bash bench/gpu_run.sh
@@ -39,10 +39,13 @@ run resnet50-float16-none --backbone resnet50 --compression none
 run resnet50-float16-zstd --backbone resnet50 --compression zstd
 run resnet50-pooled --backbone resnet50 --store pooled
 run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd
-# The same three with the backbone in mixed bfloat16 (extract --compute-dtype bfloat16: a cache key of its own).
+# Two of them with the backbone in mixed bfloat16 (extract --compute-dtype bfloat16: a cache key of its own).
 run resnet50-pooled-bfloat16 --backbone resnet50 --store pooled --compute-dtype bfloat16
 run lite0-pretrained-zstd-bfloat16 --backbone efficientnet-lite0 --weights imagenet --compression zstd \
   --compute-dtype bfloat16
-run resnet50-float16-none-bfloat16 --backbone resnet50 --compression none --compute-dtype bfloat16
+# JPEGs decoded on the GPU (extract --decoder nvjpeg: a cache key of its own), for the two targets the host's
+# decoders bounded; each run also measures nvJPEG's decode alone and its pixels against Pillow's.
+run resnet50-pooled-bfloat16-nvjpeg --backbone resnet50 --store pooled --compute-dtype bfloat16 --decoder nvjpeg
+run lite0-pretrained-zstd-nvjpeg --backbone efficientnet-lite0 --weights imagenet --compression zstd --decoder nvjpeg
 ls "$OUT"
 python3 bench/gpu_targets.py "$OUT" | tee "$OUT/targets.md"

@@ -21,6 +21,7 @@ from featurebank.cache import COMPUTE_DTYPES, DTYPES, STORES, configure_array_po
 from featurebank.claims import WorkClaims, bucket_of
 from featurebank.decoding import pixel_decoder
 from featurebank.embed import AUGMENTS, Embedder
+from featurebank.gpu_decoding import import_torchvision_decoder
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
 from featurebank.pipeline import LazyEmbedder, StageClock, run_pipeline
@@ -280,6 +281,8 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     sizes = choose_sizes(plan.spec.library, compression=compression, batch_size=batch_size,
                          decode_workers=decode_workers, decoder=decoder)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
+    if sizes.decoder == "nvjpeg":
+        import_torchvision_decoder()  # here, before the backbone's build may load TensorFlow on another thread
     batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
     progress.engine(sizes)
     if warn and not sizes.accelerated and plan.store.manifest.get("compute_dtype") == "bfloat16" \

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -42,7 +43,16 @@ _RGB_COMPONENT_IDS = (82, 71, 66)  # 'R', 'G', 'B': libjpeg reads such a JPEG as
 
 
 def import_torchvision_decoder():
-    """torchvision's ``decode_jpeg`` (and torch), or an install hint."""
+    """torchvision's ``decode_jpeg`` (and torch), or an install hint.
+
+    Importing torchvision imports torch._dynamo, which imports Triton when it is installed; with
+    TensorFlow already loaded, loading Triton's library kills the process (a segmentation fault:
+    both bring their own LLVM). torchvision's decoders need no Triton, so where TensorFlow is
+    loaded and Triton is not, Triton is marked missing for this process (torch then does without it).
+    Extraction calls this before the backbone's build starts, so the two never load at once.
+    """
+    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # import triton → ImportError, which torch handles
     try:
         import torch
         from torchvision.io import decode_jpeg

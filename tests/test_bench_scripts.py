@@ -20,6 +20,9 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     for name in ("forward_img_s", "decode_threads_img_s", "decode_processes_img_s", "write_img_s", "extract_img_s"):
         assert figures[name] > 0, name
     assert figures["decode_img_s"] == figures["decode_threads_img_s"]  # the engine decodes in threads on a CPU
+    # nvJPEG needs a CUDA GPU (or torchvision): measured as not run, with the reason, and the run goes on
+    assert figures["decode_nvjpeg_img_s"] == 0 and "--decoder nvjpeg" in figures["decode_nvjpeg_error"]
+    assert figures["nvjpeg_vs_pillow"] == figures["decode_nvjpeg_error"]
     assert figures["in_flight_equal"] is True
     assert figures["extract_steady_img_s"] > 0 and figures["extract_steady_vs_limit"] > 0
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
@@ -31,9 +34,10 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
                            text=True, timeout=60)
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
-    assert table.returncode == 0 and len(rows) == 1 + 7, table.stderr  # a header, then each run gpu_run.sh makes
+    assert table.returncode == 0 and len(rows) == 1 + 8, table.stderr  # a header, then each run gpu_run.sh makes
     assert rows[1].endswith("not run |") and rows[4].endswith("| missed |")  # a CPU does not make 3000 img/s
-    assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 twins
+    assert " / 0 | " in rows[4]  # its nvJPEG decode column: not run here
+    assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 and nvJPEG runs
 
 
 def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, make_images):

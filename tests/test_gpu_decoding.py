@@ -9,6 +9,7 @@ pixels (a few levels from Pillow's) are measured by bench/gpu_extract.py on a GP
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,3 +151,15 @@ def test_cli_nvjpeg_without_a_gpu_is_one_line_and_ray_refuses_it(tmp_path, make_
     with pytest.raises(InvalidArgument, match="local engine only"):
         featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", decoder="nvjpeg",
                             engine="ray")
+
+
+def test_torchvision_loads_after_tensorflow_without_triton_crashing_the_process():
+    """With TensorFlow loaded, loading Triton (which torchvision's import pulls in) was a segmentation fault."""
+    pytest.importorskip("triton", reason="the crash needs Triton installed")
+    code = ("import tensorflow, sys\n"
+            "from featurebank.gpu_decoding import import_torchvision_decoder\n"
+            "torch, decode_jpeg = import_torchvision_decoder()\n"
+            "print('decoder', callable(decode_jpeg), sys.modules['triton'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("decoder True None")

@@ -338,7 +338,8 @@ def predict(run_dir, weights, batch_size, as_json, images):
     """
     from classifiers.predict import predict_images
 
-    result = predict_images(run_dir, images, weights=weights, batch_size=batch_size)
+    result = predict_images(run_dir, images, weights=weights, batch_size=batch_size,
+                            warn=lambda message: click.echo(f"warning: {message}", err=True))
     if as_json:
         echo_json(result)
     else:
@@ -347,8 +348,6 @@ def predict(run_dir, weights, batch_size, as_json, images):
             click.echo(f"{row['path']}: {row['class']} ({others})")
     for item in result["skipped"]:
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
-    for message in result["warnings"]:
-        click.echo(f"warning: {message}", err=True)
 
 
 # -- train-cnn ---------------------------------------------------------------------------------------------

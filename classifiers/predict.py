@@ -8,6 +8,8 @@ kind answers with the same JSON shape.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,8 @@ def _usable(images) -> tuple[list[Path], list[dict]]:
 
 
 def _model_and_batches(run_dir: Path, config: dict, paths: list[Path], *, weights, batch_size: int, failures: list,
-                       warnings: list):
-    """(predict_proba function, iterator of (paths, model inputs)) for the run's kind; ``warnings`` gets notes for the user."""
+                       warn: Callable[[str], None]):
+    """(predict_proba function, iterator of (paths, model inputs)) for the run's kind."""
     kind = config.get("kind")
     if kind not in RUN_KINDS:
         raise ModelFileError(f"{run_dir}: unknown run kind {kind!r}; expected one of {', '.join(RUN_KINDS)}")
@@ -97,7 +99,7 @@ def _model_and_batches(run_dir: Path, config: dict, paths: list[Path], *, weight
         proba = load_checked_model(run_dir).predict_proba
     decoder, warning = decoder_for_cache(manifest)
     if warning:
-        warnings.append(warning)
+        warn(warning)
     embedded = embed_files(paths, lambda p: p, embedder, input_size=tuple(manifest["input_size"]),
                            batch_size=batch_size, failures=failures, decoder=decoder)
     inputs = ((batch, stored_vectors(e.pooled, pooling) if pooling in VECTOR_POOLINGS else e.maps.astype(np.float32))
@@ -105,22 +107,24 @@ def _model_and_batches(run_dir: Path, config: dict, paths: list[Path], *, weight
     return proba, inputs
 
 
-def predict_images(run_dir, images, *, weights: str | None = None, batch_size: int = 16) -> dict:
-    """Class and probabilities for each image; unreadable images are listed under 'skipped', not fatal."""
+def predict_images(run_dir, images, *, weights: str | None = None, batch_size: int = 16,
+                   warn: Callable[[str], None] | None = None) -> dict:
+    """Class and probabilities for each image; unreadable images are listed under 'skipped', not fatal.
+
+    ``warn`` gets notes for the user (the CLI prints them; by default Python's ``warnings.warn``).
+    """
     run_dir, config = read_run(run_dir)
     classes = config["classes"]
     paths, skipped = _usable(images)
     failures: list = []
-    warnings: list[str] = []
     predictions = []
     if paths:
         proba, batches = _model_and_batches(run_dir, config, paths, weights=weights, batch_size=batch_size,
-                                            failures=failures, warnings=warnings)
+                                            failures=failures, warn=warn or warnings.warn)
         for batch, X in batches:
             for path, row in zip(batch, proba(X)):
                 best = int(np.argmax(row))
                 predictions.append({"path": str(path), "class": classes[best], "probability": float(row[best]),
                                     "probabilities": {c: float(p) for c, p in zip(classes, row)}})
     skipped += [{"path": str(path), "reason": reason} for path, reason in failures]
-    return {"run_dir": str(run_dir), "kind": config.get("kind"), "predictions": predictions, "skipped": skipped,
-            "warnings": warnings}
+    return {"run_dir": str(run_dir), "kind": config.get("kind"), "predictions": predictions, "skipped": skipped}

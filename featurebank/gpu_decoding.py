@@ -17,6 +17,7 @@ nvJPEG's pixels differ from libjpeg-turbo's (Pillow's) by a few levels, so the c
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import sys
 import threading
@@ -43,7 +44,7 @@ _RGB_COMPONENT_IDS = (82, 71, 66)  # 'R', 'G', 'B': libjpeg reads such a JPEG as
 
 
 def import_torchvision_decoder():
-    """torchvision's ``decode_jpeg`` (and torch), or an install hint.
+    """torch, and torchvision's ``decode_jpeg`` decoding to RGB; or an install hint.
 
     Importing torchvision imports torch._dynamo, which imports Triton when it is installed; with
     TensorFlow already loaded, loading Triton's library kills the process (a segmentation fault:
@@ -55,10 +56,10 @@ def import_torchvision_decoder():
         sys.modules["triton"] = None  # import triton → ImportError, which torch handles
     try:
         import torch
-        from torchvision.io import decode_jpeg
+        from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         raise FeaturebankError(INSTALL_HINT) from None
-    return torch, decode_jpeg
+    return torch, functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
 
 
 def _exif_orientation(tiff: bytes) -> int | None:
@@ -155,12 +156,12 @@ class NvjpegDecoding:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its image decoders for TorchCodec's
             try:
-                decoded = self.decode_jpeg(encoded, mode="RGB", device=self.device)
+                decoded = self.decode_jpeg(encoded, device=self.device)
             except RuntimeError:  # nvJPEG gives no partial results: find the files it fails on one by one
                 decoded = []
                 for one in encoded:
                     try:
-                        decoded.append(self.decode_jpeg(one, mode="RGB", device=self.device))
+                        decoded.append(self.decode_jpeg(one, device=self.device))
                     except RuntimeError:
                         decoded.append(None)
         return [None if image is None else image.permute(1, 2, 0) for image in decoded]

@@ -8,6 +8,7 @@ pixels (a few levels from Pillow's) are measured by bench/gpu_extract.py on a GP
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -163,3 +164,27 @@ def test_torchvision_loads_after_tensorflow_without_triton_crashing_the_process(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("decoder True None")
+
+
+def test_predict_from_an_nvjpeg_cache_without_a_gpu_decodes_with_pillow_and_warns(tmp_path, make_images, on_cpu):
+    import torch
+    from click.testing import CliRunner
+
+    from cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    data = tmp_path / "data"
+    make_images(data, 6)
+    report = featurebank.extract(data, backbone="rgb-stats", cache=tmp_path / "cache", input_size=(64, 48),
+                                 decoder="nvjpeg")
+    runner = CliRunner()
+    trained = runner.invoke(main, ["train-svm", "--cache", str(tmp_path / "cache"), "--features", "rgb-stats",
+                                   "--key", report.key[:12], "--runs-dir", str(tmp_path / "runs"), "--json"])
+    assert trained.exit_code == 0, trained.output
+    photos = sorted((data / "glass").glob("*.jpg"))[:2]
+    predicted = runner.invoke(main, ["predict", "--model", json.loads(trained.stdout)["run_dir"], "--json",
+                                     *map(str, photos)])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(json.loads(predicted.stdout)["predictions"]) == 2
+    assert "warning: this cache's JPEGs were decoded by nvJPEG on a GPU, and here Pillow decodes them" in predicted.stderr

@@ -64,8 +64,9 @@ def main() -> None:
             print(f"| {name} | | | | | | | {target} | not run |")
             continue
         f = json.loads(path.read_text())
-        print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {f['decode_threads_img_s']:.0f} / "
-              f"{f['decode_processes_img_s']:.0f} / {f.get('decode_nvjpeg_img_s', 0):.0f} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
+        decodes = " / ".join(f"{f[key]:.0f}" if key in f else "–"
+                             for key in ("decode_threads_img_s", "decode_processes_img_s", "decode_nvjpeg_img_s"))
+        print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {decodes} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
               f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {waits(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
 

@@ -110,7 +110,8 @@ def nvjpeg_can_decode(data: bytes) -> bool:
                 return False
             precision, components = segment[0], segment[5]
             ids = tuple(segment[6 + 3 * c] for c in range(components)) if len(segment) >= 6 + 3 * components else ()
-            return precision == 8 and components in (1, 3) and not (components == 3 and (adobe_rgb or ids == _RGB_COMPONENT_IDS))
+            stored_as_rgb = components == 3 and (adobe_rgb or ids == _RGB_COMPONENT_IDS)
+            return precision == 8 and components in (1, 3) and not stored_as_rgb
         if marker in _OTHER_SOF or marker == 0xDA:  # a frame nvJPEG does not decode, or scan data before any frame
             return False
         position += 2 + length

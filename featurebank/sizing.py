@@ -44,8 +44,8 @@ class EngineSizes:
         else:
             kind = {"threads": "thread", "processes": "process"}[self.decoder] if self.decode_workers == 1 else self.decoder
             decoding = f"{self.decode_workers} decoding {kind}"
-        return (f"{self.device}, {self.cores} cores: batch {self.batch_size}, {decoding}, {self.compression_workers} compression "
-                f"thread{'s' * (self.compression_workers != 1)}")
+        return (f"{self.device}, {self.cores} cores: batch {self.batch_size}, {decoding}, "
+                f"{self.compression_workers} compression thread{'s' * (self.compression_workers != 1)}")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -2,7 +2,7 @@
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=540)
 # (238 s on an H200 on 2026-11-27 for the host probe and five runs, the machine's start not counted; now
-# eight runs (threads decode alone in the first only), decode_parent.py and device_vs_cpu.py: ~380 s
+# eight runs (threads decode alone in the first only), nvjpeg_check.py, decode_parent.py and device_vs_cpu.py: ~390 s
 # expected; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the JSON figures land in $OUT. It also runs here, on a CPU, at small size:
@@ -48,6 +48,9 @@ for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
     --images 16 --source "$source" --json "$OUT/vs-cpu-${backbone_weights%%:*}.json" 2>&1 \
     | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
 done
+echo "== nvJPEG's pixels against Pillow's on every source photo"
+timeout 60 python3 bench/nvjpeg_check.py --source "$source" --workers 15 --repeats 1 2>&1 \
+  | tee "$OUT/nvjpeg_check.txt" | tail -1
 echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches (BENCHMARKS.md)
 timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
   | tee "$OUT/decode_parent.txt" | tail -2

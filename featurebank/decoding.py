@@ -300,7 +300,7 @@ def pixel_decoder(decoder: str | None) -> str:
 
 
 def decoder_for_cache(manifest: dict) -> tuple[str, str | None]:
-    """(decoder, warning or None) for decoding new images as a cache's were (predict, the audit's embeddings).
+    """(decoder, warning or None) for decoding new images as a cache's were (predict).
 
     An nvJPEG cache is decoded with nvJPEG where PyTorch sees a GPU; elsewhere with Pillow, whose
     pixels are a few levels off, and the warning says so.

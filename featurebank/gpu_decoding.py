@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
 from featurebank.buffers import RecycledArrays
 from featurebank.decoding import decode_files, note_failure
 from featurebank.errors import FeaturebankError
+from featurebank.images import EXIF_ORIENTATION
 
 T = TypeVar("T")
 DEVICE = "cuda"  # where JPEGs are decoded; on "cpu" torchvision uses libjpeg-turbo, Pillow's pixels exactly (tests)
@@ -62,21 +64,14 @@ def import_torchvision_decoder():
     return torch, functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
 
 
-def _exif_orientation(tiff: bytes) -> int | None:
-    """The orientation tag (0x0112) of IFD0 in an EXIF block's TIFF bytes; None where absent or unreadable."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    if order is None or len(tiff) < 8:
-        return None
-    offset = int.from_bytes(tiff[4:8], order)
-    if offset + 2 > len(tiff):
-        return None
-    for entry in range(int.from_bytes(tiff[offset:offset + 2], order)):
-        start = offset + 2 + 12 * entry
-        if start + 12 > len(tiff):
-            return None
-        if int.from_bytes(tiff[start:start + 2], order) == 0x0112:
-            return int.from_bytes(tiff[start + 8:start + 10], order)
-    return None
+def _rotated(exif_segment: bytes) -> bool:
+    """Whether an APP1 EXIF segment asks for a rotation, read by Pillow as load_image reads it (unreadable: True)."""
+    exif = Image.Exif()
+    try:
+        exif.load(exif_segment)
+    except Exception:  # a routing decision only: Pillow then decodes the file and decides, as with the other decoders
+        return True
+    return exif.get(EXIF_ORIENTATION, 1) != 1
 
 
 def nvjpeg_can_decode(data: bytes) -> bool:
@@ -101,7 +96,7 @@ def nvjpeg_can_decode(data: bytes) -> bool:
             continue
         length = int.from_bytes(data[position + 2:position + 4], "big")
         segment = data[position + 4:position + 2 + length]
-        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and _exif_orientation(segment[6:]) not in (None, 1):
+        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and _rotated(segment):
             return False
         if marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
             adobe_rgb = segment[11] == 0
@@ -188,14 +183,14 @@ class NvjpegDecoding:
         if not good:
             return [], None, failed
         torch = self.torch
-        stacked = torch.empty((len(good), *self.size, 3), dtype=torch.uint8, device=self.device)
-        for row, (_, image) in enumerate(good):
-            # Pillow's arrays are read-only views of its image; the few it decodes here are copied to the device.
-            stacked[row] = torch.from_numpy(np.array(image)) if isinstance(image, np.ndarray) else image
         pixels = self.host.take((len(good), *self.size, 3), np.uint8)
-        # The pinned tensor under the array, so that the copy is a DMA that torch knows it may start asynchronously.
+        # The pinned tensor under the array, so that each copy is a DMA that torch knows it may start asynchronously.
         target = pixels.base if isinstance(pixels.base, torch.Tensor) else torch.from_numpy(pixels)
-        target.copy_(stacked, non_blocking=self.stream is not None)
+        for row, (_, image) in enumerate(good):
+            if isinstance(image, np.ndarray):  # decoded by Pillow on the host: it stays there
+                pixels[row] = image
+            else:
+                target[row].copy_(image, non_blocking=self.stream is not None)
         if self.stream is not None:
             self.stream.synchronize()
         return [item for item, _ in good], pixels, failed

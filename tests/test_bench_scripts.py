@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -50,6 +52,19 @@ def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, 
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert (figures["images"], figures["device"], figures["reference"]) == (4, "cpu", "cpu")
     assert figures["maps_relative_l2"] == figures["avg_relative_l2"] == figures["float16_values_differing"] == 0
+
+
+def test_nvjpeg_check_finds_pillows_pixels_with_torchvision_on_the_cpu(tmp_path, make_images):
+    pytest.importorskip("torchvision", reason="--decoder nvjpeg needs torchvision")
+    make_images(tmp_path / "data", 2, classes=["glass", "paper"])
+    (tmp_path / "data" / "paper" / "notes.jpg").write_text("not an image")
+    done = subprocess.run([sys.executable, "nvjpeg_check.py", "--source", str(tmp_path / "data"), "--size", "64x48",
+                           "--repeats", "1"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert (figures["photos"], figures["to_nvjpeg"], figures["skipped"]) == (4, 4, 0)  # a text file is not scanned
+    if figures["device"] == "cpu":  # torchvision's libjpeg-turbo: Pillow's pixels exactly
+        assert figures["identical"] and figures["max_levels"] == 0
 
 
 def test_claims_bench_runs_both_ways(tmp_path):

@@ -1,0 +1,75 @@
+"""`--decoder nvjpeg` against Pillow on every photo of a folder: its routing cost, and its pixels.
+
+    python bench/nvjpeg_check.py [--source ../shared/datasets/trashnet] [--size 512x384] [--repeats 3]
+
+Prints, per pass over every file: the µs per photo of reading it (one thread) and of walking its
+JPEG markers (``gpu_decoding.nvjpeg_can_decode``), and how many route to nvJPEG. Then decodes every
+file through the ``nvjpeg`` path and through threads (``decoded_batches``) and prints both img/s
+and how far the pixels are apart (largest and mean difference in levels, share of values that
+differ). With a CUDA GPU the nvjpeg path runs nvJPEG; without one it runs torchvision's CPU decoder
+(libjpeg-turbo), whose pixels should equal Pillow's exactly: the check the tests make, on real photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from common import TRASHNET
+
+from featurebank import gpu_decoding
+from featurebank.decoding import decoded_batches
+from featurebank.scan import scan_folder
+
+
+def decode_all(paths: list, size: tuple[int, int], decoder: str, batch_size: int, workers: int):
+    """(pixels of the files that decoded, in order; img/s; failures)."""
+    failures: list = []
+    started = time.perf_counter()
+    pixels = [batch.copy() for _, batch in decoded_batches(paths, lambda p: p, size, batch_size=batch_size,
+                                                           workers=workers, failures=failures, decoder=decoder)]
+    return np.concatenate(pixels), len(paths) / (time.perf_counter() - started), failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=TRASHNET)
+    parser.add_argument("--size", default="512x384", help="HxW")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    scan = scan_folder(args.source)
+    paths = [str(scan.root / relpath) for relpath in scan.relpaths]
+    torch, _ = gpu_decoding.import_torchvision_decoder()
+    if not torch.cuda.is_available():
+        gpu_decoding.DEVICE = "cpu"
+    figures: dict = {"photos": len(paths), "device": gpu_decoding.DEVICE, "read_us": [], "route_us": []}
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        contents = [Path(p).read_bytes() for p in paths]
+        figures["read_us"].append(round((time.perf_counter() - started) / len(paths) * 1e6, 1))
+        started = time.perf_counter()
+        figures["to_nvjpeg"] = sum(gpu_decoding.nvjpeg_can_decode(data) for data in contents)
+        figures["route_us"].append(round((time.perf_counter() - started) / len(paths) * 1e6, 1))
+    pillow, figures["threads_img_s"], pillow_failures = decode_all(paths, size, "threads", args.batch_size,
+                                                                   args.workers)
+    ours, figures["nvjpeg_img_s"], our_failures = decode_all(paths, size, "nvjpeg", args.batch_size, args.workers)
+    assert [p for p, _ in our_failures] == [p for p, _ in pillow_failures], "the two skipped different files"
+    difference = np.abs(ours.astype(np.int16) - pillow.astype(np.int16))
+    figures.update(identical=bool(not difference.any()), max_levels=int(difference.max()),
+                   mean_levels=float(difference.mean()), share_of_values_differing=float((difference > 0).mean()),
+                   skipped=len(pillow_failures))
+    print(f"{len(paths)} photos, {figures['to_nvjpeg']} to nvJPEG; read {figures['read_us']} µs, route "
+          f"{figures['route_us']} µs a photo; nvjpeg path on {figures['device']}: {figures['nvjpeg_img_s']:.0f} img/s "
+          f"against threads {figures['threads_img_s']:.0f}; identical pixels: {figures['identical']} (largest "
+          f"difference {figures['max_levels']} levels, mean {figures['mean_levels']:.4f})")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -153,8 +153,8 @@ def main() -> None:
               help="Decoders [default: one per usable core, less one].")
 @click.option("--decoder", type=click.Choice(DECODERS), default=None,
               help="Decode in threads or in processes (which write into shared memory) [default: processes next to "
-                   "a GPU with 8+ cores, threads elsewhere]; nvjpeg: JPEGs on the CUDA GPU (torchvision), "
-                   "its own cache key.")
+                   "a GPU with 8+ cores, threads elsewhere]; nvjpeg: JPEGs on the CUDA GPU (TorchCodec, or "
+                   "torchvision), its own cache key.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(ENGINES),
               help="local: this process; ray: a Ray cluster (pip install -e '.[ray]').")
 @click.option("--ray-address", default=None,

@@ -13,7 +13,7 @@ the backbone uses):
             fresh pinned memory); then four overlapped batches are checked against one-by-one ones,
             bit for bit
   decode    the decoding pool alone (featurebank.decoding.decoded_batches), every file, with threads,
-            with processes and with nvJPEG on the GPU (where torchvision sees one; the engine's choice, or
+            with processes and with nvJPEG on the GPU (where PyTorch sees one; the engine's choice, or
             --decoder, is the one in the ratio); and how far nvJPEG's pixels are from Pillow's, on the
             first batch
   write     the shard writer alone (same dtype, compression and shard size), on real maps repeated
@@ -151,7 +151,8 @@ def nvjpeg_against_pillow(files: list[Path], size: tuple[int, int]) -> dict:
     theirs = np.stack([load_image(p, size) for p in files]).astype(np.int16)
     difference = np.abs(ours.astype(np.int16) - theirs)
     return {"nvjpeg_vs_pillow": {"max_levels": int(difference.max()), "mean_levels": float(difference.mean()),
-                                 "share_of_values_differing": float((difference > 0).mean())}}
+                                 "share_of_values_differing": float((difference > 0).mean())},
+            "nvjpeg_library": decoding.library.name}
 
 
 def main() -> None:

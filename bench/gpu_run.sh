@@ -48,9 +48,11 @@ for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
     --images 16 --source "$source" --json "$OUT/vs-cpu-${backbone_weights%%:*}.json" 2>&1 \
     | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
 done
-echo "== nvJPEG's pixels against Pillow's on every source photo"
-timeout 60 python3 bench/nvjpeg_check.py --source "$source" --workers 15 --repeats 1 2>&1 \
-  | tee "$OUT/nvjpeg_check.txt" | tail -1
+echo "== nvJPEG's pixels against Pillow's on every source photo, through TorchCodec and through torchvision"
+for library in torchcodec torchvision; do
+  timeout 60 python3 bench/nvjpeg_check.py --source "$source" --workers 15 --repeats 1 --library $library 2>&1 \
+    | tee "$OUT/nvjpeg_check-$library.txt" | tail -1
+done
 echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches (BENCHMARKS.md)
 timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
   | tee "$OUT/decode_parent.txt" | tail -2

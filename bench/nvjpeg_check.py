@@ -1,13 +1,15 @@
 """`--decoder nvjpeg` against Pillow on every photo of a folder: its routing cost, and its pixels.
 
     python bench/nvjpeg_check.py [--source ../shared/datasets/trashnet] [--size 512x384] [--repeats 3]
+                                 [--library torchcodec|torchvision]
 
 Prints, per pass over every file: the µs per photo of reading it (one thread) and of walking its
 JPEG markers (``gpu_decoding.nvjpeg_can_decode``), and how many route to nvJPEG. Then decodes every
 file through the ``nvjpeg`` path and through threads (``decoded_batches``) and prints both img/s
 and how far the pixels are apart (largest and mean difference in levels, share of values that
-differ). With a CUDA GPU the nvjpeg path runs nvJPEG; without one it runs torchvision's CPU decoder
+differ). With a CUDA GPU the nvjpeg path runs nvJPEG; without one it runs the library's CPU decoder
 (libjpeg-turbo), whose pixels should equal Pillow's exactly: the check the tests make, on real photos.
+``--library`` picks TorchCodec's decoder or torchvision's [the first that loads here].
 """
 
 from __future__ import annotations
@@ -41,14 +43,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--library", choices=gpu_decoding.JPEG_LIBRARIES, default=None)
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     scan = scan_folder(args.source)
     paths = [str(scan.root / relpath) for relpath in scan.relpaths]
-    torch, _ = gpu_decoding.import_torchvision_decoder()
-    if not torch.cuda.is_available():
+    library = gpu_decoding.import_jpeg_library((args.library,) if args.library else None)
+    gpu_decoding.JPEG_LIBRARIES = (library.name,)
+    if not library.torch.cuda.is_available():
         gpu_decoding.DEVICE = "cpu"
-    figures: dict = {"photos": len(paths), "device": gpu_decoding.DEVICE, "read_us": [], "route_us": []}
+    figures: dict = {"photos": len(paths), "device": gpu_decoding.DEVICE, "library": library.name, "read_us": [],
+                     "route_us": []}
     for _ in range(args.repeats):
         started = time.perf_counter()
         contents = [Path(p).read_bytes() for p in paths]
@@ -65,7 +70,8 @@ def main() -> None:
                    mean_levels=float(difference.mean()), share_of_values_differing=float((difference > 0).mean()),
                    skipped=len(pillow_failures))
     print(f"{len(paths)} photos, {figures['to_nvjpeg']} to nvJPEG; read {figures['read_us']} µs, route "
-          f"{figures['route_us']} µs a photo; nvjpeg path on {figures['device']}: {figures['nvjpeg_img_s']:.0f} img/s "
+          f"{figures['route_us']} µs a photo; nvjpeg path ({library.name}) on {figures['device']}: "
+          f"{figures['nvjpeg_img_s']:.0f} img/s "
           f"against threads {figures['threads_img_s']:.0f}; identical pixels: {figures['identical']} (largest "
           f"difference {figures['max_levels']} levels, mean {figures['mean_levels']:.4f})")
     print(json.dumps(figures))

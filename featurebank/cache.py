@@ -56,7 +56,7 @@ def library_version(name: str) -> str:
 def make_manifest(
     *, backbone: str, weights: str, input_size: tuple[int, int], preprocessing: str, layer: str,
     dtype: str, library: str, store: str = "maps", augment: str = "none", stages: tuple[tuple[str, int], ...] = (),
-    compute_dtype: str = "float32", decoder: str = "pillow",
+    compute_dtype: str = "float32", decoder: str = "pillow", decoder_library: str | None = None,
 ) -> dict:
     """Everything that determines the stored numbers; its hash is the cache key.
 
@@ -64,8 +64,9 @@ def make_manifest(
     is stored), ``compute_dtype`` (the backbone's arithmetic: bfloat16 maps differ from float32
     ones by 1-10%, far more than float16 storage rounds, so the two are never mixed in one cache)
     and ``decoder`` (whose pixels: Pillow's, or nvJPEG's on a GPU, a few levels apart; one of
-    PIXEL_DECODERS) enter the manifest only when they differ from the defaults, so caches made
-    before they existed keep their keys.
+    PIXEL_DECODERS, with the versions of torch and of ``decoder_library``, the package whose
+    decoder it is: gpu_decoding.JPEG_LIBRARIES) enter the manifest only when they differ from the
+    defaults, so caches made before they existed keep their keys.
     """
     manifest = {
         "format": FORMAT_VERSION,
@@ -90,7 +91,9 @@ def make_manifest(
         raise InvalidArgument(f"decoder must be one of {', '.join(PIXEL_DECODERS)}; received {decoder!r}")
     if decoder != "pillow":
         manifest["decoder"] = decoder
-        manifest["versions"].update({name: library_version(name) for name in ("torch", "torchvision")})
+        if decoder_library is None:
+            raise InvalidArgument(f"decoder {decoder!r} needs the name of the library that decodes (decoder_library)")
+        manifest["versions"].update({name: library_version(name) for name in ("torch", decoder_library)})
     return manifest
 
 

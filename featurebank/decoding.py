@@ -41,7 +41,7 @@ import numpy as np
 from featurebank.buffers import RecycledArrays
 from featurebank.errors import FeaturebankError, InvalidArgument
 from featurebank.images import ImageDecodeError, decode_failure, load_image, lower_thread_priority
-from featurebank.sizing import DECODERS, SHARED_MEMORY, default_decode_workers, shared_memory_free
+from featurebank.sizing import SHARED_MEMORY, check_decoder, default_decode_workers, shared_memory_free
 
 T = TypeVar("T")
 PROCESS_CHUNK = 32  # files per task sent to a decoding process, at most: loky costs the parent ~0.5 ms a task
@@ -294,8 +294,7 @@ _END = object()
 
 def pixel_decoder(decoder: str | None) -> str:
     """Whose pixels a decoder makes (cache.PIXEL_DECODERS): Pillow's with threads and processes (or None)."""
-    if decoder is not None and decoder not in DECODERS:
-        raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
+    check_decoder(decoder)
     return "nvjpeg" if decoder == "nvjpeg" else "pillow"
 
 
@@ -307,14 +306,10 @@ def decoder_for_cache(manifest: dict) -> tuple[str, str | None]:
     """
     if manifest.get("decoder", "pillow") != "nvjpeg":
         return "threads", None
-    try:
-        import torch
-        import torchvision  # noqa: F401
+    from featurebank.gpu_decoding import nvjpeg_usable
 
-        if torch.cuda.is_available():
-            return "nvjpeg", None
-    except ImportError:
-        pass
+    if nvjpeg_usable():
+        return "nvjpeg", None
     return "threads", ("this cache's JPEGs were decoded by nvJPEG on a GPU, and here Pillow decodes them: "
                        "their pixels differ by a few levels, so the features (and perhaps a prediction) may "
                        "differ slightly")
@@ -336,8 +331,7 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     memory, decoded into again once the caller lets go of it, and a batch in which files failed
     comes out shorter by as many (with nvjpeg too).
     """
-    if decoder not in DECODERS:
-        raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
+    check_decoder(decoder, auto=False)
     workers = workers or default_decode_workers()
     if decoder == "threads":
         pool = _ThreadDecoding(workers, size, priority == "low")

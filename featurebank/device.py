@@ -19,6 +19,14 @@ import numpy as np
 from featurebank.buffers import RecycledArrays
 
 
+def pinned_array(torch, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A numpy array over pinned (page-locked) host memory, whose copies to and from a CUDA GPU are DMAs.
+
+    The tensor that owns the memory is the array's ``.base``, for ``copy_(..., non_blocking=True)``."""
+    torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+    return torch.empty(tuple(shape), dtype=torch_dtype, pin_memory=True).numpy()
+
+
 class Pending:
     """A batch whose work was started, perhaps still running on the device: ``result()`` waits and returns it.
 

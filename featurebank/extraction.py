@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from featurebank.cache import COMPUTE_DTYPES, DTYPES, STORES, configure_array_po
 from featurebank.claims import WorkClaims, bucket_of
 from featurebank.decoding import pixel_decoder
 from featurebank.embed import AUGMENTS, Embedder
-from featurebank.gpu_decoding import import_torchvision_decoder
+from featurebank.gpu_decoding import import_jpeg_library
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
 from featurebank.pipeline import LazyEmbedder, StageClock, run_pipeline
@@ -92,11 +92,13 @@ def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str
     if stages and augment != "none":
         raise InvalidArgument("--stages cannot be combined with --augment (the stage vectors of a mirrored image "
                               "are not computed)")
+    pixels = pixel_decoder(decoder)
     return make_manifest(
         backbone=backbone.name, weights=weights_identity(weights, backbone), input_size=input_size,
         preprocessing=backbone.preprocessing, layer=backbone.layer, dtype=dtype,
         library=backbone.library, store=store, augment=augment, stages=backbone.stages if stages else (),
-        compute_dtype=compute_dtype, decoder=pixel_decoder(decoder),
+        compute_dtype=compute_dtype, decoder=pixels,
+        decoder_library=import_jpeg_library().name if pixels == "nvjpeg" else None,
     )
 
 
@@ -233,7 +235,7 @@ def extract(
     ``engine='ray'`` runs the same extraction on a Ray cluster (``ray_address``; a local one if None).
     ``batch_size``, ``decode_workers`` and ``decoder`` ('threads' or 'processes') left as None are
     chosen from the device and the cores (featurebank/sizing.py); ``report.sizes`` says what ran.
-    ``decoder='nvjpeg'`` decodes the JPEGs on a CUDA GPU (needs torchvision), in a cache of its own key.
+    ``decoder='nvjpeg'`` decodes the JPEGs on a CUDA GPU (needs TorchCodec or torchvision), in a cache of its own key.
     """
     started = time.perf_counter()
     plan = plan_extraction(data, backbone=backbone, cache=cache, weights=weights, dtype=dtype,
@@ -281,8 +283,8 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     sizes = choose_sizes(plan.spec.library, compression=compression, batch_size=batch_size,
                          decode_workers=decode_workers, decoder=decoder)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
-    if sizes.decoder == "nvjpeg":
-        import_torchvision_decoder()  # here, before the backbone's build may load TensorFlow on another thread
+    if sizes.decoder == "nvjpeg":  # imported here, before the backbone's build may load TensorFlow on another thread
+        sizes = replace(sizes, jpeg_library=import_jpeg_library().name)
     batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
     progress.engine(sizes)
     if warn and not sizes.accelerated and plan.store.manifest.get("compute_dtype") == "bfloat16" \

@@ -1,17 +1,19 @@
-"""JPEG decoding on the GPU (nvJPEG, through torchvision), for when the host's cores cannot feed the backbone.
+"""JPEG decoding on the GPU (nvJPEG, through TorchCodec or torchvision), when the host's cores cannot feed the backbone.
 
 Next to an H200 the backbone embeds 4,000-7,000 TrashNet photos a second and Pillow decodes ~620
 per core, so the host's decoders, not the GPU, bound a pooled or compressed extraction
 (BENCHMARKS.md, "The GPU stage"). ``--decoder nvjpeg`` reads the files' bytes on a pool of
-threads and decodes the JPEGs in batches on the GPU (``torchvision.io.decode_jpeg(list,
-device='cuda')``), resizes them there when needed (bilinear, antialiased: within one level of
-Pillow's), and copies each batch out through reused pinned host buffers. Files nvJPEG should not
-decode go to Pillow on the reading threads, so that the cache holds what Pillow would make of
-them: other formats, JPEGs with an EXIF rotation, CMYK or Adobe-RGB JPEGs, 12-bit ones, and JPEGs
-that nvJPEG fails on. Broken files are skipped with Pillow's reason, as with the other decoders.
+threads and decodes the JPEGs in batches on the GPU (``decode_jpeg(list, device='cuda')`` of
+TorchCodec, or of torchvision where TorchCodec does not load: import_jpeg_library), resizes them
+there when needed (bilinear, antialiased: within one level of Pillow's), and copies each batch
+out through reused pinned host buffers. Files nvJPEG should not decode go to Pillow on the
+reading threads, so that the cache holds what Pillow would make of them: other formats, JPEGs
+with an EXIF rotation, CMYK or Adobe-RGB JPEGs, 12-bit ones, and JPEGs that nvJPEG fails on.
+Broken files are skipped with Pillow's reason, as with the other decoders.
 
 nvJPEG's pixels differ from libjpeg-turbo's (Pillow's) by a few levels, so the cache records
-``"decoder": "nvjpeg"`` in its manifest: a cache of its own key, never chosen for the user.
+``"decoder": "nvjpeg"`` in its manifest, with the library's version: a cache of its own key,
+never chosen for the user.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
@@ -33,35 +37,72 @@ from PIL import Image
 
 from featurebank.buffers import RecycledArrays
 from featurebank.decoding import decode_files, note_failure
-from featurebank.errors import FeaturebankError
+from featurebank.device import pinned_array
+from featurebank.errors import FeaturebankError, InvalidArgument
 from featurebank.images import EXIF_ORIENTATION
 
 T = TypeVar("T")
-DEVICE = "cuda"  # where JPEGs are decoded; on "cpu" torchvision uses libjpeg-turbo, Pillow's pixels exactly (tests)
-INSTALL_HINT = "--decoder nvjpeg needs PyTorch and torchvision: pip install -e '.[offline]' (or pip install torchvision)"
+DEVICE = "cuda"  # where JPEGs are decoded; on "cpu" both libraries use libjpeg-turbo, Pillow's pixels exactly (tests)
+JPEG_LIBRARIES = ("torchcodec", "torchvision")  # tried in this order (import_jpeg_library)
+INSTALL_HINT = "--decoder nvjpeg needs PyTorch and TorchCodec: pip install -e '.[offline]' (or pip install torchcodec)"
+NO_CUDA = "--decoder nvjpeg decodes on a CUDA GPU and PyTorch sees none here; use --decoder threads or processes"
 BATCHES_AHEAD = 2  # decoded batches waiting for the consumer, besides the one being decoded
 _BASELINE_SOF = (0xC0, 0xC1, 0xC2)  # Huffman-coded baseline, extended and progressive JPEGs (nvJPEG decodes these)
 _OTHER_SOF = (0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)  # lossless, hierarchical, arithmetic
 _RGB_COMPONENT_IDS = (82, 71, 66)  # 'R', 'G', 'B': libjpeg reads such a JPEG as RGB, not YCbCr
 
 
-def import_torchvision_decoder():
-    """torch, and torchvision's ``decode_jpeg`` decoding to RGB; or an install hint.
+@dataclass(frozen=True)
+class JpegLibrary:
+    """The library whose nvJPEG decodes (libjpeg-turbo on the CPU); its name and version enter the manifest."""
 
-    Importing torchvision imports torch._dynamo, which imports Triton when it is installed; with
-    TensorFlow already loaded, loading Triton's library kills the process (a segmentation fault:
-    both bring their own LLVM). torchvision's decoders need no Triton, so where TensorFlow is
-    loaded and Triton is not, Triton is marked missing for this process (torch then does without it).
-    Extraction calls this before the backbone's build starts, so the two never load at once.
+    name: str  # one of JPEG_LIBRARIES
+    torch: ModuleType
+    decode: Callable[..., list]  # decode([1-D uint8 CPU tensors], device=...) -> [(3, H, W) uint8 RGB tensors]
+
+
+def import_jpeg_library(libraries: tuple[str, ...] | None = None) -> JpegLibrary:
+    """The first of ``libraries`` (JPEG_LIBRARIES) that loads here, or one line saying how to install one.
+
+    TorchCodec (0.16+) is the maintained home of these decoders; torchvision's, deprecated since
+    0.29, serve where TorchCodec is missing or its compiled library does not load (a CUDA runtime
+    other than its wheel's): the GPU machines this was built for have torchvision only. Importing
+    torchvision imports torch._dynamo, which imports Triton when it is installed; with TensorFlow
+    already loaded, loading Triton's library kills the process (a segmentation fault: both bring
+    their own LLVM). The decoders need no Triton, so where TensorFlow is loaded and Triton is not,
+    Triton is marked missing for this process (torch then does without it). Extraction calls this
+    before the backbone's build starts, so the two never load at once.
     """
     if "tensorflow" in sys.modules and "triton" not in sys.modules:
         sys.modules["triton"] = None  # import triton → ImportError, which torch handles
+    reasons = []
+    for name in libraries or JPEG_LIBRARIES:
+        if name not in JPEG_LIBRARIES:
+            raise InvalidArgument(f"JPEG library must be one of {', '.join(JPEG_LIBRARIES)}; received {name!r}")
+        try:
+            import torch
+
+            if name == "torchcodec":
+                from torchcodec.decoders import decode_jpeg
+                decode = functools.partial(decode_jpeg, mode="RGB")
+            else:
+                from torchvision.io import ImageReadMode, decode_jpeg
+                decode = functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
+        except ModuleNotFoundError as exc:
+            reasons.append(f"{(exc.name or name).partition('.')[0]} is not installed")
+        except Exception as exc:  # installed, but its compiled library does not load here (OSError, RuntimeError)
+            reasons.append(f"{name}: {exc}".splitlines()[0])
+        else:
+            return JpegLibrary(name, torch, decode)
+    raise FeaturebankError(f"{INSTALL_HINT} ({'; '.join(dict.fromkeys(reasons))})")
+
+
+def nvjpeg_usable() -> bool:
+    """Whether --decoder nvjpeg can run here: a JPEG library loads and PyTorch sees a CUDA GPU."""
     try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:
-        raise FeaturebankError(INSTALL_HINT) from None
-    return torch, functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
+        return import_jpeg_library().torch.cuda.is_available()
+    except FeaturebankError:
+        return False
 
 
 def _rotated(exif_segment: bytes) -> bool:
@@ -132,18 +173,16 @@ class NvjpegDecoding:
     """
 
     def __init__(self, workers: int, size: tuple[int, int], batch_size: int, device: str | None = None):
-        self.torch, self.decode_jpeg = import_torchvision_decoder()
-        torch = self.torch
+        self.library = import_jpeg_library()
+        self.torch = torch = self.library.torch
         self.device = torch.device(device or DEVICE)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise FeaturebankError("--decoder nvjpeg decodes on a CUDA GPU and PyTorch sees none here; "
-                                   "use --decoder threads or processes")
+            raise FeaturebankError(NO_CUDA)
         self.size, self.batch_size = tuple(size), batch_size
         self.readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-read")
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        pinned = self.device.type == "cuda"
-        self.host = RecycledArrays(keep=BATCHES_AHEAD + 4, allocate=(lambda shape, dtype: torch.empty(
-            shape, dtype=torch.uint8, pin_memory=True).numpy()) if pinned else np.empty)
+        allocate = functools.partial(pinned_array, torch) if self.device.type == "cuda" else np.empty
+        self.host = RecycledArrays(keep=BATCHES_AHEAD + 4, allocate=allocate)
 
     def _decode_on_device(self, datas: list[bytes]) -> list:
         """Each JPEG's (H, W, 3) uint8 tensor on the device, or None where nvJPEG failed on it."""
@@ -152,12 +191,12 @@ class NvjpegDecoding:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its image decoders for TorchCodec's
             try:
-                decoded = self.decode_jpeg(encoded, device=self.device)
+                decoded = self.library.decode(encoded, device=self.device)
             except RuntimeError:  # nvJPEG gives no partial results: find the files it fails on one by one
                 decoded = []
                 for one in encoded:
                     try:
-                        decoded.append(self.decode_jpeg(one, device=self.device))
+                        decoded.append(self.library.decode([one], device=self.device)[0])
                     except RuntimeError:
                         decoded.append(None)
         return [None if image is None else image.permute(1, 2, 0) for image in decoded]

@@ -33,6 +33,7 @@ class EngineSizes:
     decode_workers: int
     compression_workers: int
     decoder: str = "threads"  # one of DECODERS
+    jpeg_library: str | None = None  # with nvjpeg: whose decoder (gpu_decoding.JPEG_LIBRARIES)
 
     @property
     def accelerated(self) -> bool:
@@ -40,7 +41,7 @@ class EngineSizes:
 
     def describe(self) -> str:
         if self.decoder == "nvjpeg":
-            decoding = f"JPEGs decoded by nvJPEG, {self.decode_workers} reading thread{'s' * (self.decode_workers != 1)}"
+            decoding = f"JPEGs decoded by nvJPEG ({self.jpeg_library}), {self.decode_workers} reading thread{'s' * (self.decode_workers != 1)}"
         else:
             kind = {"threads": "thread", "processes": "process"}[self.decoder] if self.decode_workers == 1 else self.decoder
             decoding = f"{self.decode_workers} decoding {kind}"
@@ -49,6 +50,12 @@ class EngineSizes:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def check_decoder(decoder: str | None, *, auto: bool = True) -> None:
+    """Raise InvalidArgument unless ``decoder`` is one of DECODERS (or None, the engine's choice, where ``auto``)."""
+    if decoder not in DECODERS and not (auto and decoder is None):
+        raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
 
 
 def default_batch_size(accelerated: bool) -> int:
@@ -142,8 +149,7 @@ def choose_sizes(library: str, *, compression: str, batch_size: int | None = Non
     - compression threads (zstd only): half the cores next to a GPU, where the CPU is otherwise
       idle; on the CPU every core, at low priority, so that they fill the backbone's idle moments.
     """
-    if decoder is not None and decoder not in DECODERS:
-        raise InvalidArgument(f"decoder must be one of {', '.join(DECODERS)}; received {decoder!r}")
+    check_decoder(decoder)
     cores = cores or usable_cores()
     device = device or accelerator(library) or "cpu"
     on_gpu = device != "cpu"

@@ -22,7 +22,7 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     for name in ("forward_img_s", "decode_threads_img_s", "decode_processes_img_s", "write_img_s", "extract_img_s"):
         assert figures[name] > 0, name
     assert figures["decode_img_s"] == figures["decode_threads_img_s"]  # the engine decodes in threads on a CPU
-    # nvJPEG needs a CUDA GPU (or torchvision): measured as not run, with the reason, and the run goes on
+    # nvJPEG needs a CUDA GPU (and TorchCodec or torchvision): measured as not run, with the reason, and the run goes on
     assert figures["decode_nvjpeg_img_s"] == 0 and "--decoder nvjpeg" in figures["decode_nvjpeg_error"]
     assert figures["nvjpeg_vs_pillow"] == figures["decode_nvjpeg_error"]
     assert figures["in_flight_equal"] is True
@@ -54,16 +54,19 @@ def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, 
     assert figures["maps_relative_l2"] == figures["avg_relative_l2"] == figures["float16_values_differing"] == 0
 
 
-def test_nvjpeg_check_finds_pillows_pixels_with_torchvision_on_the_cpu(tmp_path, make_images):
-    pytest.importorskip("torchvision", reason="--decoder nvjpeg needs torchvision")
+@pytest.mark.parametrize("library", ["torchcodec", "torchvision"])
+def test_nvjpeg_check_finds_pillows_pixels_with_either_library_on_the_cpu(tmp_path, make_images, library):
+    pytest.importorskip(library, reason=f"--decoder nvjpeg with {library}")
     make_images(tmp_path / "data", 2, classes=["glass", "paper"])
     (tmp_path / "data" / "paper" / "notes.jpg").write_text("not an image")
     done = subprocess.run([sys.executable, "nvjpeg_check.py", "--source", str(tmp_path / "data"), "--size", "64x48",
-                           "--repeats", "1"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+                           "--repeats", "1", "--library", library], cwd=BENCH, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.splitlines()[-1])
     assert (figures["photos"], figures["to_nvjpeg"], figures["skipped"]) == (4, 4, 0)  # a text file is not scanned
-    if figures["device"] == "cpu":  # torchvision's libjpeg-turbo: Pillow's pixels exactly
+    assert figures["library"] == library
+    if figures["device"] == "cpu":  # the library's libjpeg-turbo: Pillow's pixels exactly
         assert figures["identical"] and figures["max_levels"] == 0
 
 

@@ -1,7 +1,7 @@
-"""--decoder nvjpeg: JPEGs decoded in batches by torchvision (nvJPEG on a GPU), everything else by Pillow.
+"""--decoder nvjpeg: JPEGs decoded in batches by TorchCodec or torchvision (nvJPEG on a GPU), everything else by Pillow.
 
-No GPU here: these tests run the same code with torchvision decoding on the CPU
-(``gpu_decoding.DEVICE = "cpu"``), where it uses libjpeg-turbo and gives Pillow's pixels exactly,
+No GPU here: these tests run the same code with each library decoding on the CPU
+(``gpu_decoding.DEVICE = "cpu"``), where both use libjpeg-turbo and give Pillow's pixels exactly,
 so any pixel, order or failure that differs from the threads' is the code's fault. nvJPEG's own
 pixels (a few levels from Pillow's) are measured by bench/gpu_extract.py on a GPU.
 """
@@ -25,7 +25,10 @@ from featurebank.images import ImageDecodeError
 
 from conftest import FEATUREBANK
 
-pytest.importorskip("torchvision", reason="--decoder nvjpeg needs torchvision (pip install -e '.[offline]')")
+try:
+    gpu_decoding.import_jpeg_library()
+except FeaturebankError as error:
+    pytest.skip(str(error), allow_module_level=True)
 
 SIZE = (48, 64)
 
@@ -64,9 +67,27 @@ def varied_files(tmp_path):
     return [tmp_path / name for name in names], routes
 
 
-@pytest.fixture
-def on_cpu(monkeypatch):
+def decode_on_cpu_with(library: str, monkeypatch) -> None:
+    try:
+        gpu_decoding.import_jpeg_library((library,))
+    except FeaturebankError as error:
+        pytest.skip(str(error))
+    monkeypatch.setattr(gpu_decoding, "JPEG_LIBRARIES", (library,))
     monkeypatch.setattr(gpu_decoding, "DEVICE", "cpu")
+
+
+@pytest.fixture(params=gpu_decoding.JPEG_LIBRARIES)
+def on_cpu(request, monkeypatch) -> str:
+    """The nvjpeg path decoding on the CPU with each JPEG library in turn."""
+    decode_on_cpu_with(request.param, monkeypatch)
+    return request.param
+
+
+@pytest.fixture
+def on_cpu_with_the_first_library(monkeypatch) -> str:
+    library = gpu_decoding.import_jpeg_library().name
+    decode_on_cpu_with(library, monkeypatch)
+    return library
 
 
 def decode_all(files, decoder, batch_size=5):
@@ -130,7 +151,8 @@ def test_nvjpeg_cache_is_a_key_of_its_own_with_the_same_features_here(tmp_path, 
         featurebank.load(tmp_path / "cache", "rgb-stats")
     ours = featurebank.load(tmp_path / "cache", "rgb-stats", decoder="nvjpeg")
     theirs = featurebank.load(tmp_path / "cache", "rgb-stats", decoder="pillow")
-    assert ours.manifest["decoder"] == "nvjpeg" and "torchvision" in ours.manifest["versions"]
+    assert ours.manifest["decoder"] == "nvjpeg" and on_cpu in ours.manifest["versions"]
+    assert nvjpeg.sizes["jpeg_library"] == on_cpu
     assert "decoder" not in theirs.manifest and cache_key(theirs.manifest) == pillow.key
     order = np.argsort(ours.sha256)
     np.testing.assert_array_equal(ours.X[order], theirs.X[np.argsort(theirs.sha256)])
@@ -157,16 +179,33 @@ def test_cli_nvjpeg_without_a_gpu_is_one_line_and_ray_refuses_it(tmp_path, make_
 def test_torchvision_loads_after_tensorflow_without_triton_crashing_the_process():
     """With TensorFlow loaded, loading Triton (which torchvision's import pulls in) was a segmentation fault."""
     pytest.importorskip("triton", reason="the crash needs Triton installed")
+    pytest.importorskip("torchvision")
     code = ("import tensorflow, sys\n"
-            "from featurebank.gpu_decoding import import_torchvision_decoder\n"
-            "torch, decode_jpeg = import_torchvision_decoder()\n"
-            "print('decoder', callable(decode_jpeg), sys.modules['triton'])")
+            "from featurebank.gpu_decoding import import_jpeg_library\n"
+            "library = import_jpeg_library(('torchvision',))\n"
+            "print('decoder', library.name, callable(library.decode), sys.modules['triton'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("decoder True None")
+    assert done.stdout.strip().endswith("decoder torchvision True None")
 
 
-def test_predict_from_an_nvjpeg_cache_without_a_gpu_decodes_with_pillow_and_warns(tmp_path, make_images, on_cpu):
+def test_torchcodec_first_then_torchvision_then_an_install_hint_with_the_reasons(monkeypatch):
+    pytest.importorskip("torchvision")
+    pytest.importorskip("torchcodec")
+    assert gpu_decoding.import_jpeg_library().name == "torchcodec"
+    for module in ("torchcodec", "torchcodec.decoders"):  # as where TorchCodec is missing
+        monkeypatch.setitem(sys.modules, module, None)
+    assert gpu_decoding.import_jpeg_library().name == "torchvision"
+    for module in ("torchvision", "torchvision.io"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(FeaturebankError, match=r"pip install torchcodec\) \(torchcodec is not installed; "
+                                               r"torchvision is not installed\)$"):
+        gpu_decoding.import_jpeg_library()
+    assert not gpu_decoding.nvjpeg_usable()
+
+
+def test_predict_from_an_nvjpeg_cache_without_a_gpu_decodes_with_pillow_and_warns(tmp_path, make_images,
+                                                                                  on_cpu_with_the_first_library):
     import torch
     from click.testing import CliRunner
 
@@ -188,3 +227,28 @@ def test_predict_from_an_nvjpeg_cache_without_a_gpu_decodes_with_pillow_and_warn
     assert predicted.exit_code == 0, predicted.output
     assert len(json.loads(predicted.stdout)["predictions"]) == 2
     assert "warning: this cache's JPEGs were decoded by nvJPEG on a GPU, and here Pillow decodes them" in predicted.stderr
+
+
+def test_a_torchcodec_whose_library_does_not_load_gives_way_to_torchvision():
+    """As on a machine whose CUDA runtime is not the one TorchCodec's wheel links (libcudart.so.13)."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("torchcodec")
+    code = ("import torch\n"
+            "load_library = torch.ops.load_library\n"
+            "def refuse(path):\n"
+            "    if 'torchcodec' not in str(path):\n"
+            "        return load_library(path)\n"
+            "    raise OSError(f'{path}: libcudart.so.13: cannot open shared object file')\n"
+            "torch.ops.load_library = refuse\n"
+            "from featurebank.gpu_decoding import import_jpeg_library\n"
+            "print(import_jpeg_library().name)\n"
+            "try:\n"
+            "    import_jpeg_library(('torchcodec',))\n"
+            "except Exception as error:\n"
+            "    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chosen, hint = done.stdout.strip().splitlines()
+    assert chosen == "torchvision"
+    assert hint.startswith("--decoder nvjpeg needs PyTorch and TorchCodec") and "torchcodec: " in hint
+    assert hint.endswith("libcudart.so.13: cannot open shared object file)")

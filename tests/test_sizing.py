@@ -2,9 +2,12 @@
 
 import json
 import subprocess
+from dataclasses import replace
 
+import pytest
 from conftest import FEATUREBANK
 
+from featurebank.errors import InvalidArgument
 from featurebank.sizing import CPU_BATCH, GPU_BATCH, choose_sizes
 
 
@@ -18,6 +21,11 @@ def test_sizes_follow_the_device_and_the_cores():
                          compression_workers=5)
     assert (given.batch_size, given.decode_workers, given.compression_workers) == (7, 3, 5)
     assert choose_sizes("numpy", compression="none", cores=4).device == "cpu"  # numpy backbones never ask a GPU
+    nvjpeg = replace(choose_sizes("torch", compression="zstd", device="cuda: x", cores=16, decoder="nvjpeg"),
+                     jpeg_library="torchcodec")  # as the local engine fills it in
+    assert f"batch {GPU_BATCH}, JPEGs decoded by nvJPEG (torchcodec), 15 reading threads, 8 compression" in nvjpeg.describe()
+    with pytest.raises(InvalidArgument, match="decoder must be one of threads, processes, nvjpeg; received 'gpu'"):
+        choose_sizes("torch", compression="none", device="cpu", cores=2, decoder="gpu")
 
 
 def test_extract_reports_and_prints_what_it_ran_with(tmp_path, make_images):

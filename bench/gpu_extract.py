@@ -29,6 +29,7 @@ machine (see BENCHMARKS.md for how it was run there, or why not).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -55,9 +56,15 @@ from featurebank.pipeline import describe_stages
 from featurebank.sizing import DECODERS, choose_sizes
 
 
+QUALITIES = range(60, 96)  # each source photo re-encoded at these JPEG qualities, one file each
+
+
 def make_distinct_jpegs(source: Path, out: Path, count: int) -> list[Path]:
-    """``count`` JPEGs re-encoded from the source photos at qualities 60–95, spread over class folders."""
+    """``count`` distinct JPEGs re-encoded from (up to 300) source photos at QUALITIES, spread over class folders."""
     photos = sorted(p for p in source.rglob("*.jpg"))[:300]
+    if count > len(photos) * len(QUALITIES):
+        raise SystemExit(f"{source}: {len(photos)} photos make at most {len(photos) * len(QUALITIES)} distinct "
+                         f"JPEGs, and --images asks for {count}")
     pictures = [Image.open(p).convert("RGB") for p in photos]
     for folder in {p.parent.name for p in photos}:
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ def make_distinct_jpegs(source: Path, out: Path, count: int) -> list[Path]:
             path = out / photos[j].parent.name / f"copy{i:06d}.jpg"
             if not path.exists():  # a --data-dir kept from an earlier run is reused as it is
                 buffer = io.BytesIO()
-                pictures[j].save(buffer, format="JPEG", quality=60 + (i // len(pictures)) % 36)
+                pictures[j].save(buffer, format="JPEG", quality=QUALITIES[i // len(pictures)])
                 path.write_bytes(buffer.getvalue())
             paths.append(path)
         return paths
@@ -192,6 +199,7 @@ def main() -> None:
     try:
         data = args.data_dir or work / "data"
         files = make_distinct_jpegs(args.source, data, args.images)
+        figures["distinct_files"] = len({hashlib.sha256(path.read_bytes()).digest() for path in files})
         manifest = resolve_manifest(spec, weights=args.weights, input_size=size, dtype=args.dtype, store=args.store,
                                     compute_dtype=args.compute_dtype, decoder=args.decoder)
         embedder = Embedder.for_manifest(manifest, weights=args.weights, batch_size=args.batch_size, spec=spec)

@@ -37,6 +37,8 @@ source=${1:-../shared/datasets/trashnet}
 rm -rf .gpu-source && mkdir -p .gpu-source
 for folder in "$source"/*/; do
   name=$(basename "$folder"); mkdir -p ".gpu-source/$name"
-  find "$folder" -maxdepth 1 -name '*.jpg' | sort | head -50 | xargs -I{} cp {} ".gpu-source/$name/"
+  # No `| head` here: under pipefail, sort killed by SIGPIPE ended the script after a class or two.
+  mapfile -t photos < <(find "$folder" -maxdepth 1 -name '*.jpg' | sort)
+  cp "${photos[@]:0:50}" ".gpu-source/$name/"
 done
 du -sh .whl .gpu-source

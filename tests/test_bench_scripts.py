@@ -26,6 +26,7 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     assert figures["decode_nvjpeg_img_s"] == 0 and "--decoder nvjpeg" in figures["decode_nvjpeg_error"]
     assert figures["nvjpeg_vs_pillow"] == figures["decode_nvjpeg_error"]
     assert figures["in_flight_equal"] is True
+    assert figures["distinct_files"] == 48  # every file's bytes differ (SHA-256)
     assert figures["extract_steady_img_s"] > 0 and figures["extract_steady_vs_limit"] > 0
     limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
@@ -139,3 +140,10 @@ def test_host_probe_and_decode_parent_benches_run_small(tmp_path, make_images):
                            "--source", str(tmp_path)], cwd=BENCH, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "12 images, 1 decoding processes, up to 32 files a task: parent CPU" in done.stdout
+
+
+def test_gpu_extract_refuses_more_images_than_its_photos_make_distinct(tmp_path, make_images):
+    make_images(tmp_path / "source", 1, classes=["glass"])  # 1 photo: 36 qualities, 36 distinct files
+    done = subprocess.run([sys.executable, "gpu_extract.py", "--images", "37", "--source", str(tmp_path / "source"),
+                           "--backbone", "rgb-stats"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "1 photos make at most 36 distinct JPEGs, and --images asks for 37" in done.stderr

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_installed
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -57,7 +58,7 @@ def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, 
 
 @pytest.mark.parametrize("library", ["torchcodec", "torchvision"])
 def test_nvjpeg_check_finds_pillows_pixels_with_either_library_on_the_cpu(tmp_path, make_images, library):
-    pytest.importorskip(library, reason=f"--decoder nvjpeg with {library}")
+    skip_unless_installed(library, f"--decoder nvjpeg with {library}")
     make_images(tmp_path / "data", 2, classes=["glass", "paper"])
     (tmp_path / "data" / "paper" / "notes.jpg").write_text("not an image")
     done = subprocess.run([sys.executable, "nvjpeg_check.py", "--source", str(tmp_path / "data"), "--size", "64x48",

@@ -23,7 +23,7 @@ from featurebank.decoding import decoded_batches, decoder_for_cache
 from featurebank.errors import FeaturebankError, InvalidArgument
 from featurebank.images import ImageDecodeError
 
-from conftest import FEATUREBANK
+from conftest import FEATUREBANK, skip_unless_installed
 
 try:
     gpu_decoding.import_jpeg_library()
@@ -178,8 +178,8 @@ def test_cli_nvjpeg_without_a_gpu_is_one_line_and_ray_refuses_it(tmp_path, make_
 
 def test_torchvision_loads_after_tensorflow_without_triton_crashing_the_process():
     """With TensorFlow loaded, loading Triton (which torchvision's import pulls in) was a segmentation fault."""
-    pytest.importorskip("triton", reason="the crash needs Triton installed")
-    pytest.importorskip("torchvision")
+    skip_unless_installed("triton", "the crash needs Triton installed")
+    skip_unless_installed("torchvision")
     code = ("import tensorflow, sys\n"
             "from featurebank.gpu_decoding import import_jpeg_library\n"
             "library = import_jpeg_library(('torchvision',))\n"
@@ -190,8 +190,8 @@ def test_torchvision_loads_after_tensorflow_without_triton_crashing_the_process(
 
 
 def test_torchcodec_first_then_torchvision_then_an_install_hint_with_the_reasons(monkeypatch):
-    pytest.importorskip("torchvision")
-    pytest.importorskip("torchcodec")
+    skip_unless_installed("torchvision")
+    skip_unless_installed("torchcodec")
     assert gpu_decoding.import_jpeg_library().name == "torchcodec"
     for module in ("torchcodec", "torchcodec.decoders"):  # as where TorchCodec is missing
         monkeypatch.setitem(sys.modules, module, None)
@@ -231,8 +231,8 @@ def test_predict_from_an_nvjpeg_cache_without_a_gpu_decodes_with_pillow_and_warn
 
 def test_a_torchcodec_whose_library_does_not_load_gives_way_to_torchvision():
     """As on a machine whose CUDA runtime is not the one TorchCodec's wheel links (libcudart.so.13)."""
-    pytest.importorskip("torchvision")
-    pytest.importorskip("torchcodec")
+    skip_unless_installed("torchvision")
+    skip_unless_installed("torchcodec")
     code = ("import torch\n"
             "load_library = torch.ops.load_library\n"
             "def refuse(path):\n"

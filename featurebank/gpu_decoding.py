@@ -186,6 +186,8 @@ class NvjpegDecoding:
 
     def _decode_on_device(self, datas: list[bytes]) -> list:
         """Each JPEG's (H, W, 3) uint8 tensor on the device, or None where nvJPEG failed on it."""
+        if not datas:  # a batch of Pillow's files only (torchvision's decode_jpeg refuses an empty list)
+            return []
         torch = self.torch
         encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
         with warnings.catch_warnings():

@@ -122,6 +122,17 @@ def test_nvjpeg_decoder_gives_the_threads_pixels_order_and_failures(varied_files
         assert difference <= (1 if path.name == "larger.jpg" else 0), (path.name, difference)
 
 
+def test_batches_with_no_jpeg_for_nvjpeg_come_out_as_the_threads_do(varied_files, on_cpu):
+    """One file a batch: batches of only Pillow's files (a PNG, a rotated JPEG) or only failures."""
+    files, _ = varied_files
+    threads, thread_failures = decode_all(files, "threads", batch_size=1)
+    nvjpeg, nvjpeg_failures = decode_all(files, "nvjpeg", batch_size=1)
+    assert [items for items, _ in nvjpeg] == [items for items, _ in threads]
+    assert [(p.name, reason) for p, reason in nvjpeg_failures] == [(p.name, reason) for p, reason in thread_failures]
+    for (items, ours), (_, theirs) in zip(nvjpeg, threads):
+        assert np.abs(ours.astype(int) - theirs).max() <= (1 if items[0].name == "larger.jpg" else 0), items
+
+
 def test_nvjpeg_decoder_without_failures_list_raises_on_the_first_bad_file(varied_files, on_cpu):
     files, _ = varied_files
     with pytest.raises(ImageDecodeError, match="notes.jpg: cannot decode image: cannot identify image file"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -21,12 +21,15 @@ TRASHNET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / 
 PALETTE = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (220, 220, 40), (40, 220, 220), (220, 40, 220)]
 
 
-def skip_unless_installed(package: str, reason: str = "") -> None:
-    """Skip the test unless ``package`` is installed: found, not imported. Importing torchvision or
-    Triton in this process, where the tests load TensorFlow, kills it (both bring their own LLVM);
-    featurebank.gpu_decoding.import_jpeg_library imports them safely."""
-    if importlib.util.find_spec(package) is None:
-        pytest.skip(reason or f"{package} is not installed")
+def skip_unless_installed(distribution: str, reason: str = "") -> None:
+    """Skip the test unless ``distribution`` is installed: asked of its metadata, not imported. Importing
+    torchvision or Triton in this process, where the tests load TensorFlow, kills it (both bring their
+    own LLVM; featurebank.gpu_decoding.import_jpeg_library imports them safely), and after that
+    function marked Triton missing for the process, importlib would say it is not installed."""
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(reason or f"{distribution} is not installed")
 
 
 def class_image(label: int, index: int, size=(64, 48), seed: int = 0) -> Image.Image:

@@ -23,7 +23,8 @@ def test_sizes_follow_the_device_and_the_cores():
     assert choose_sizes("numpy", compression="none", cores=4).device == "cpu"  # numpy backbones never ask a GPU
     nvjpeg = replace(choose_sizes("torch", compression="zstd", device="cuda: x", cores=16, decoder="nvjpeg"),
                      jpeg_library="torchcodec")  # as the local engine fills it in
-    assert f"batch {GPU_BATCH}, JPEGs decoded by nvJPEG (torchcodec), 15 reading threads, 8 compression" in nvjpeg.describe()
+    described = nvjpeg.describe()
+    assert f"batch {GPU_BATCH}, JPEGs decoded by nvJPEG (torchcodec), 15 reading threads, 8 compression" in described
     with pytest.raises(InvalidArgument, match="decoder must be one of threads, processes, nvjpeg; received 'gpu'"):
         choose_sizes("torch", compression="none", device="cpu", cores=2, decoder="gpu")
 

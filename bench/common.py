@@ -38,6 +38,15 @@ def relative_l2(value, reference) -> float:
     return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
 
 
+def pixel_difference(ours, theirs) -> dict:
+    """How far two uint8 image arrays are apart: largest and mean difference in levels, share of values that differ."""
+    import numpy as np
+
+    difference = np.abs(np.asarray(ours, np.int16) - np.asarray(theirs, np.int16))
+    return {"max_levels": int(difference.max()), "mean_levels": float(difference.mean()),
+            "share_of_values_differing": float((difference > 0).mean())}
+
+
 def machine() -> str:
     import keras
 

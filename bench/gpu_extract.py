@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET
+from common import TRASHNET, pixel_difference
 from PIL import Image
 
 import featurebank
@@ -155,10 +155,8 @@ def nvjpeg_against_pillow(files: list[Path], size: tuple[int, int]) -> dict:
         [(_, ours)] = list(decoding.batches(iter(files), lambda p: p, failures=None))
     finally:
         decoding.close()
-    theirs = np.stack([load_image(p, size) for p in files]).astype(np.int16)
-    difference = np.abs(ours.astype(np.int16) - theirs)
-    return {"nvjpeg_vs_pillow": {"max_levels": int(difference.max()), "mean_levels": float(difference.mean()),
-                                 "share_of_values_differing": float((difference > 0).mean())},
+    theirs = np.stack([load_image(p, size) for p in files])
+    return {"nvjpeg_vs_pillow": pixel_difference(ours, theirs),
             "nvjpeg_library": decoding.library.name}
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET
+from common import TRASHNET, pixel_difference
 
 from featurebank import gpu_decoding
 from featurebank.decoding import decoded_batches
@@ -65,10 +65,8 @@ def main() -> None:
                                                                    args.workers)
     ours, figures["nvjpeg_img_s"], our_failures = decode_all(paths, size, "nvjpeg", args.batch_size, args.workers)
     assert [p for p, _ in our_failures] == [p for p, _ in pillow_failures], "the two skipped different files"
-    difference = np.abs(ours.astype(np.int16) - pillow.astype(np.int16))
-    figures.update(identical=bool(not difference.any()), max_levels=int(difference.max()),
-                   mean_levels=float(difference.mean()), share_of_values_differing=float((difference > 0).mean()),
-                   skipped=len(pillow_failures))
+    figures.update(pixel_difference(ours, pillow), skipped=len(pillow_failures))
+    figures["identical"] = figures["max_levels"] == 0
     print(f"{len(paths)} photos, {figures['to_nvjpeg']} to nvJPEG; read {figures['read_us']} µs, route "
           f"{figures['route_us']} µs a photo; nvjpeg path ({library.name}) on {figures['device']}: "
           f"{figures['nvjpeg_img_s']:.0f} img/s "

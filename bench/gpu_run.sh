@@ -5,8 +5,10 @@
 # eight runs (threads decode alone in the first only), nvjpeg_check.py, decode_parent.py and device_vs_cpu.py: ~390 s
 # expected; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
-# re-encoded from .gpu-source); the JSON figures land in $OUT. It also runs here, on a CPU, at small size:
-#   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out bash bench/gpu_run.sh
+# re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
+# device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
+# It also runs here, on a CPU, at small size:
+#   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -14,19 +16,21 @@ if [ -d .whl ]; then
     && export PYTHONPATH=/tmp/site || exit 1
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+OUT=${OUT:-/tmp/gpu-out}; RESULTS=${RESULTS:-/tmp/gpu-results}; mkdir -p "$OUT" "$RESULTS"
+pack() { tar czf /tmp/results.tgz -C "$RESULTS" . && mv /tmp/results.tgz "$OUT/results.tgz"; }
 IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-1024}
 source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$RESULTS/device.txt"
 run() {  # name, then gpu_extract.py options
   local name=$1; shift
   echo "== $name"
   timeout 130 python3 bench/gpu_extract.py --images "$IMAGES" --forward-images "$FORWARD" --source "$source" \
     --data-dir /tmp/gpu-jpegs \
-    --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -5
+    --json "$RESULTS/$name.json" "$@" 2>&1 | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -5
+  pack
 }
 echo "== host probe"  # what fresh memory, pinned copies and a process pool cost on this machine
-timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000' | tail -2
+timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000' | tail -2
 # Most telling first: what comes back if the call runs out of time is what it finished. Decoding alone
 # on threads (923-1,360 img/s on the H200, not the engine's choice there) is measured in the first run only.
 run resnet50-float16-none --backbone resnet50 --compression none
@@ -45,16 +49,17 @@ run resnet50-float16-zstd --backbone resnet50 --compression zstd $later
 echo "== the device's float32 features against the CPU's (a cache key does not record the device)"
 for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
   timeout 120 python3 bench/device_vs_cpu.py --backbone "${backbone_weights%%:*}" --weights "${backbone_weights#*:}" \
-    --images 16 --source "$source" --json "$OUT/vs-cpu-${backbone_weights%%:*}.json" 2>&1 \
-    | tee -a "$OUT/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
+    --images 16 --source "$source" --json "$RESULTS/vs-cpu-${backbone_weights%%:*}.json" 2>&1 \
+    | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
 done
 echo "== nvJPEG's pixels against Pillow's on every source photo, through TorchCodec and through torchvision"
 for library in torchcodec torchvision; do
   timeout 60 python3 bench/nvjpeg_check.py --source "$source" --workers 15 --repeats 1 --library $library 2>&1 \
-    | tee "$OUT/nvjpeg_check-$library.txt" | tail -1
+    | tee "$RESULTS/nvjpeg_check-$library.txt" | tail -1
 done
 echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches (BENCHMARKS.md)
 timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
-  | tee "$OUT/decode_parent.txt" | tail -2
-ls "$OUT"
-python3 bench/gpu_targets.py "$OUT" | tee "$OUT/targets.md"
+  | tee "$RESULTS/decode_parent.txt" | tail -2
+pack
+python3 bench/gpu_targets.py "$RESULTS" | tee "$RESULTS/targets.md"
+pack; cp "$RESULTS/targets.md" "$OUT/targets.md"

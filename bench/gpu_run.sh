@@ -8,7 +8,9 @@
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
 # It also runs here, on a CPU, at small size:
-#   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
+#   IMAGES=64 FORWARD=32 GRAPH_BATCH=4 GRAPH_BATCHES=2 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
+# STEPS (probe,graphs,rows,vs-cpu,nvjpeg,parent; all by default) and ROWS (a regular expression of row names) pick
+# what runs, for a second call after the first: STEPS=graphs,rows ROWS='lite0-.*' bash bench/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -21,16 +23,29 @@ pack() { tar czf /tmp/results.tgz -C "$RESULTS" . && mv /tmp/results.tgz "$OUT/r
 IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-1024}
 source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$RESULTS/device.txt"
-run() {  # name, then gpu_extract.py options
+step() { [[ ",${STEPS:-all}," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
+run() {  # name, then gpu_extract.py options; ROWS (a regular expression) picks the rows that run
   local name=$1; shift
+  step rows && [[ "$name" =~ ^(${ROWS:-.*})$ ]] || return 0
   echo "== $name"
   timeout 130 python3 bench/gpu_extract.py --images "$IMAGES" --forward-images "$FORWARD" --source "$source" \
     --data-dir /tmp/gpu-jpegs \
     --json "$RESULTS/$name.json" "$@" 2>&1 | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -5
   pack
 }
-echo "== host probe"  # what fresh memory, pinned copies and a process pool cost on this machine
-timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000' | tail -2
+if step probe; then
+  echo "== host probe"  # what fresh memory, pinned copies and a process pool cost on this machine
+  timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000' | tail -2
+fi
+if step graphs; then
+  echo "== pretrained Lite0's batches replayed as CUDA graphs against run eagerly (the same numbers; img/s)"
+  for dtype in float32 bfloat16; do
+    timeout 90 python3 bench/cuda_graph_check.py --source "$source" --compute-dtype $dtype \
+      --batch-size "${GRAPH_BATCH:-128}" --batches "${GRAPH_BATCHES:-16}" \
+      --json "$RESULTS/cuda-graphs-lite0-$dtype.json" 2>&1 | tee -a "$RESULTS/log.txt" | grep -v '^{' | tail -1
+  done
+  pack
+fi
 # Most telling first: what comes back if the call runs out of time is what it finished. Decoding alone
 # on threads (923-1,360 img/s on the H200, not the engine's choice there) is measured in the first run only.
 run resnet50-float16-none --backbone resnet50 --compression none
@@ -46,19 +61,19 @@ run resnet50-pooled-bfloat16 --backbone resnet50 --store pooled --compute-dtype 
 run lite0-pretrained-zstd-bfloat16 --backbone efficientnet-lite0 --weights imagenet --compression zstd \
   --compute-dtype bfloat16 $later
 run resnet50-float16-zstd --backbone resnet50 --compression zstd $later
-echo "== the device's float32 features against the CPU's (a cache key does not record the device)"
-for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
+step vs-cpu && echo "== the device's float32 features against the CPU's (a cache key does not record the device)"
+step vs-cpu && for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
   timeout 120 python3 bench/device_vs_cpu.py --backbone "${backbone_weights%%:*}" --weights "${backbone_weights#*:}" \
     --images 16 --source "$source" --json "$RESULTS/vs-cpu-${backbone_weights%%:*}.json" 2>&1 \
     | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
 done
-echo "== nvJPEG's pixels against Pillow's on every source photo, through TorchCodec and through torchvision"
-for library in torchcodec torchvision; do
+step nvjpeg && echo "== nvJPEG's pixels against Pillow's on every source photo, through TorchCodec and through torchvision"
+step nvjpeg && for library in torchcodec torchvision; do
   timeout 60 python3 bench/nvjpeg_check.py --source "$source" --workers 15 --repeats 1 --library $library 2>&1 \
     | tee "$RESULTS/nvjpeg_check-$library.txt" | tail -1
 done
-echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches (BENCHMARKS.md)
-timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
+step parent && echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches
+step parent && timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
   | tee "$RESULTS/decode_parent.txt" | tail -2
 pack
 python3 bench/gpu_targets.py "$RESULTS" | tee "$RESULTS/targets.md"

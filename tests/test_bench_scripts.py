@@ -56,20 +56,6 @@ def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, 
     assert figures["maps_relative_l2"] == figures["avg_relative_l2"] == figures["float16_values_differing"] == 0
 
 
-
-def test_cuda_graph_check_runs_both_passes_eagerly_without_cuda(tmp_path, make_images):
-    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
-    make_images(tmp_path / "data", 2, classes=["glass", "paper"])
-    done = subprocess.run([sys.executable, "cuda_graph_check.py", "--weights", "none", "--input-size", "64x48",
-                           "--batch-size", "4", "--batches", "2", "--repeats", "1", "--source", str(tmp_path / "data"),
-                           "--json", str(tmp_path / "figures.json")], cwd=BENCH, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    figures = json.loads((tmp_path / "figures.json").read_text())
-    assert (figures["device"], figures["graphs_used"], figures["identical"]) == ("cpu", False, True)
-    assert len(figures["eager_img_s"]) == len(figures["graphs_img_s"]) == 1 and figures["graphs_img_s"][0] > 0
-    assert "no CUDA here: both passes ran eagerly" in done.stdout
-
 @pytest.mark.parametrize("library", ["torchcodec", "torchvision"])
 def test_nvjpeg_check_finds_pillows_pixels_with_either_library_on_the_cpu(tmp_path, make_images, library):
     skip_unless_installed(library, f"--decoder nvjpeg with {library}")

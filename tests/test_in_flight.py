@@ -57,59 +57,6 @@ def test_a_vectors_only_cache_does_not_copy_the_maps_out(backbone):
         np.testing.assert_array_equal(vectors_only.pooled[name], with_maps.pooled[name])
 
 
-
-class RecordedGraphs:
-    """Stands in for CudaGraphs (which needs CUDA): records each key asked for and runs the step eagerly."""
-
-    def __init__(self):
-        self.keys = []
-
-    def run(self, key, function, x):
-        self.keys.append(key)
-        return function(x)
-
-
-def test_full_batches_without_stage_vectors_are_the_ones_replayed_as_cuda_graphs():
-    """Which batches a CUDA graph serves (the replay itself needs a GPU: bench/cuda_graph_check.py checks it there)."""
-    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
-    function = get_backbone("efficientnet-lite0").build("none", (64, 64), 3)
-    assert function.graphs is None  # no CUDA here: never a graph
-    eager = [function.embed(images, "float16") for images in (BATCH[:3], BATCH[:2])]
-    function.graphs = graphs = RecordedGraphs()
-    replayed = function.embed(BATCH[:3], "float16")
-    assert graphs.keys == [((3, 64, 64, 3), "<f2", True)]
-    function.embed(BATCH[:3], "float16", maps=False)
-    assert graphs.keys[-1] == ((3, 64, 64, 3), "<f2", False)
-    function.embed(BATCH[:2], "float16")  # the last, partial batch of a run
-    function.embed(BATCH[:3], "float16", stages=True)  # the stage hooks append outside a graph
-    function.cuda_graphs = False
-    function.embed(BATCH[:3], "float16")
-    assert len(graphs.keys) == 2
-    np.testing.assert_array_equal(replayed[0], eager[0][0])
-    for name in ("avg", "max"):
-        np.testing.assert_array_equal(replayed[1][name], eager[0][1][name])
-
-
-
-def test_a_cuda_graph_that_cannot_be_captured_turns_graphs_off_with_a_warning_and_the_same_features():
-    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
-    function = get_backbone("efficientnet-lite0").build("none", (64, 64), 3)
-    eager = function.embed(BATCH, "float16")
-
-    class FailingGraphs:
-        def run(self, key, function, x):
-            raise RuntimeError("operation not permitted when stream is capturing\nmore lines")
-
-    function.graphs = FailingGraphs()
-    with pytest.warns(UserWarning, match="CUDA graphs are off for this run, batches run eagerly .*: operation not "
-                                         "permitted when stream is capturing$"):
-        maps, pooled = function.embed(BATCH, "float16")
-    assert function.cuda_graphs is False
-    np.testing.assert_array_equal(maps, eager[0])
-    np.testing.assert_array_equal(pooled["avg"], eager[1]["avg"])
-
-BATCH = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-
 JAX_IN_FLIGHT = """
 import jax
 import numpy as np

@@ -52,3 +52,30 @@ def machine() -> str:
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"keras {keras.__version__} ({keras.backend.backend()} backend)")
+
+
+def full_float32(library: str) -> None:
+    """Float32 convolutions and matrix products in full float32 on NVIDIA GPUs, not TF32 (the libraries' default there).
+
+    For ``library``'s backbones (featurebank.backbones.Backbone.library): PyTorch's cuDNN and cuBLAS
+    flags, or for Keras its backend's (JAX: every dot and convolution at HIGHEST precision). A
+    GPU's default float32 features differed from a CPU's by more than float16 rounding on an H200
+    (BENCHMARKS.md); this measures what full float32 costs there. On a CPU it changes nothing.
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow") if library == "keras" else library
+    if backend == "torch":
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    elif backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif backend == "tensorflow":
+        from featurebank.quiet import import_keras
+
+        import_keras()
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)

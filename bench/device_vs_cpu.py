@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET, relative_l2, spread_photos
+from common import TRASHNET, full_float32, relative_l2, spread_photos
 
 HERE = Path(__file__).resolve()
 
@@ -52,11 +52,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--source", default=str(TRASHNET))
     parser.add_argument("--save", default=None, help=argparse.SUPPRESS)  # the child's output file
+    parser.add_argument("--full-float32", action="store_true",
+                        help="on the device, float32 convolutions in full float32, not TF32 (bench/common.py)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.save:
         np.savez(args.save, **embed(args))
         return
+    if args.full_float32:
+        from featurebank.backbones import get_backbone
+
+        full_float32(get_backbone(args.backbone).library)
     here = embed(args)
     with tempfile.TemporaryDirectory() as folder:
         saved = Path(folder) / "cpu.npz"
@@ -68,11 +74,13 @@ def main() -> None:
     figures = {
         "backbone": args.backbone, "weights": args.weights, "compute_dtype": args.compute_dtype,
         "images": len(here["avg"]), "device": str(here["device"]), "reference": str(cpu["device"]),
+        "full_float32": args.full_float32,
         "maps_relative_l2": relative_l2(here["maps"], cpu["maps"]),
         "avg_relative_l2": relative_l2(here["avg"], cpu["avg"]),
         "float16_values_differing": float(np.mean(here["maps"] != cpu["maps"])),
     }
-    print(f"{args.backbone} ({args.weights}, {args.compute_dtype}) on {figures['device']} against "
+    full = ", full float32" if args.full_float32 else ""
+    print(f"{args.backbone} ({args.weights}, {args.compute_dtype}{full}) on {figures['device']} against "
           f"{figures['reference']}: maps {figures['maps_relative_l2']:.5f}, avg vectors "
           f"{figures['avg_relative_l2']:.5f} relative L2; {figures['float16_values_differing']:.1%} of the float16 "
           f"map values differ")

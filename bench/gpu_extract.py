@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET, pixel_difference
+from common import TRASHNET, full_float32, pixel_difference
 from PIL import Image
 
 import featurebank
@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--decode-only", default=",".join(DECODERS),
                         help="the decoders whose decode-only img/s to measure (the one in the ratio always is)")
     parser.add_argument("--forward-images", type=int, default=512, help="images pushed through the forward-only pass")
+    parser.add_argument("--full-float32", action="store_true",
+                        help="float32 convolutions in full float32 on an NVIDIA GPU, not TF32 (bench/common.py)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -185,13 +187,16 @@ def main() -> None:
     spec = get_backbone(args.backbone)
     size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
+    if args.full_float32:
+        full_float32(spec.library)
     sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size,
                          decode_workers=args.workers, decoder=args.decoder)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
     args.batch_size = sizes.batch_size
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
-                     "store": args.store, "compute_dtype": args.compute_dtype, "decoder": sizes.decoder}
+                     "store": args.store, "compute_dtype": args.compute_dtype, "decoder": sizes.decoder,
+                     "full_float32": args.full_float32}
     print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:
@@ -257,6 +262,8 @@ def main() -> None:
         figures["extract_stage_seconds"] = report.stage_seconds
         limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
         figures["extract_vs_limit"] = figures["extract_img_s"] / limit
+        # the rate if the three stages ran one after another, not side by side: an extraction near it overlaps nothing
+        figures["in_series_img_s"] = 1 / sum(1 / figures[k] for k in ("forward_img_s", "decode_img_s", "write_img_s"))
         figures["extract_steady_vs_limit"] = figures["extract_steady_img_s"] / limit
         decodes = ", ".join(f"{figures[f'decode_{d}_img_s']:.1f} with {d}" for d in DECODERS if f"decode_{d}_img_s" in figures)
         print(f"forward {figures['forward_img_s']:.1f} img/s (in flight == one by one: {figures['in_flight_equal']}), "
@@ -264,7 +271,8 @@ def main() -> None:
               f"{figures['write_img_s']:.1f} img/s, extract {figures['extract_img_s']:.1f} img/s (model build excluded; "
               f"{figures['extract_img_s_with_build']:.1f} with it) = {figures['extract_vs_limit']:.3f} of "
               f"min(forward, decode, write); after its first batch (JIT compilation, pools starting) "
-              f"{figures['extract_steady_img_s']:.1f} img/s = {figures['extract_steady_vs_limit']:.3f}")
+              f"{figures['extract_steady_img_s']:.1f} img/s = {figures['extract_steady_vs_limit']:.3f}; the three stages "
+              f"one after another would give {figures['in_series_img_s']:.1f} img/s")
         print(f"extract {describe_stages(report.stage_seconds)}, in {report.seconds - report.build_seconds:.1f} s")
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
         if args.json:

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
-#   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=540)
-# (238 s on an H200 on 2026-11-27 for the host probe and five runs, the machine's start not counted; now
-# eight runs (threads decode alone in the first only), nvjpeg_check.py, decode_parent.py and device_vs_cpu.py: ~390 s
-# expected; BENCHMARKS.md has the figures)
+#   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=590)
+# (439 s on an H200 on 2026-11-28, the machine's start not counted, for the host probe, eight rows, two
+# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now ten rows and four device_vs_cpu.py runs by default,
+# without the last two: ~520 s expected; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
 # It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
-# STEPS (probe,rows,vs-cpu,nvjpeg,parent; all by default) and ROWS (a regular expression of row names) pick
+# STEPS (probe,rows,vs-cpu,nvjpeg,parent or all; probe,rows,vs-cpu by default) and ROWS (a regular expression of row names) pick
 # what runs, for a second call after the first: STEPS=rows ROWS='lite0-.*' bash bench/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,8 @@ pack() { tar czf /tmp/results.tgz -C "$RESULTS" . && mv /tmp/results.tgz "$OUT/r
 IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-1024}
 source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$RESULTS/device.txt"
-step() { [[ ",${STEPS:-all}," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
+STEPS=${STEPS:-probe,rows,vs-cpu}  # nvjpeg and parent answered their questions on 2026-11-28 (BENCHMARKS.md)
+step() { [[ ",$STEPS," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
 run() {  # name, then gpu_extract.py options; ROWS (a regular expression) picks the rows that run
   local name=$1; shift
   step rows && [[ "$name" =~ ^(${ROWS:-.*})$ ]] || return 0
@@ -46,17 +47,24 @@ later="--decode-only processes,nvjpeg"
 run resnet50-pooled-bfloat16-nvjpeg --backbone resnet50 --store pooled --compute-dtype bfloat16 --decoder nvjpeg $later
 run lite0-pretrained-zstd-nvjpeg --backbone efficientnet-lite0 --weights imagenet --compression zstd --decoder nvjpeg \
   $later
+# A probe: Lite0's zstd runs came out at about the rate of their stages one after another; without compression threads?
+run lite0-pretrained-none --backbone efficientnet-lite0 --weights imagenet --compression none $later
 run resnet50-pooled --backbone resnet50 --store pooled $later
 run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd $later
 run resnet50-pooled-bfloat16 --backbone resnet50 --store pooled --compute-dtype bfloat16 $later
 run lite0-pretrained-zstd-bfloat16 --backbone efficientnet-lite0 --weights imagenet --compression zstd \
   --compute-dtype bfloat16 $later
 run resnet50-float16-zstd --backbone resnet50 --compression zstd $later
+# A probe: what full float32 convolutions cost (a GPU's default TF32 features differed from a CPU's by more than
+# float16 rounding on the H200, 2026-11-28)
+run resnet50-float16-none-full-float32 --backbone resnet50 --compression none --full-float32 $later
 step vs-cpu && echo "== the device's float32 features against the CPU's (a cache key does not record the device)"
 step vs-cpu && for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
-  timeout 120 python3 bench/device_vs_cpu.py --backbone "${backbone_weights%%:*}" --weights "${backbone_weights#*:}" \
-    --images 16 --source "$source" --json "$RESULTS/vs-cpu-${backbone_weights%%:*}.json" 2>&1 \
-    | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
+  for full in "" --full-float32; do
+    timeout 120 python3 bench/device_vs_cpu.py --backbone "${backbone_weights%%:*}" --weights "${backbone_weights#*:}" \
+      --images 16 --source "$source" $full --json "$RESULTS/vs-cpu-${backbone_weights%%:*}${full}.json" 2>&1 \
+      | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
+  done
 done
 step nvjpeg && echo "== nvJPEG's pixels against Pillow's on every source photo, through TorchCodec and through torchvision"
 step nvjpeg && for library in torchcodec torchvision; do

@@ -4,7 +4,9 @@
 
 Reads the JSON files gpu_run.sh wrote (one per gpu_extract.py run) and prints, for each run, its
 forward, decode (threads, processes, nvJPEG), write and end-to-end img/s, the ratio to
-min(forward, decode, write), where the extraction's thread waited, and the issue's target for that run with met / missed. The
+min(forward, decode, write), the rate its three stages would give one after another (1 / (1/forward + 1/decode +
+1/write): an extraction near it overlaps nothing), where the extraction's thread waited, and the issue's target for
+that run with met / missed. The
 end-to-end figure judged is the whole run's (model build excluded); the rate after the first
 batch is shown beside it.
 """
@@ -32,6 +34,11 @@ TARGETS = {
                                         5000, None),
     "lite0-pretrained-zstd-nvjpeg": ("compressed full maps, pretrained Lite0, JPEGs on the GPU: ≥ 3000 img/s",
                                      3000, None),
+    # a probe: pretrained Lite0 with no compression threads beside the backbone (its zstd runs came out at about
+    # the rate of their stages one after another on the H200, 2026-11-28)
+    "lite0-pretrained-none": ("uncompressed Lite0 maps, no compression threads: reported", 0, None),
+    # a probe: the first row with float32 convolutions in full float32 instead of TF32 (bench/common.full_float32)
+    "resnet50-float16-none-full-float32": ("uncompressed float16 maps, full float32 convolutions: reported", 0, None),
 }
 
 
@@ -51,23 +58,28 @@ def waits(figures: dict) -> str:
             f"({stages['write']:.1f})")
 
 
+def in_series(figures: dict) -> str:
+    """1 / (1/forward + 1/decode + 1/write), from the figures (also for runs made before gpu_extract.py printed it)."""
+    return f"{1 / sum(1 / figures[k] for k in ('forward_img_s', 'decode_img_s', 'write_img_s')):.0f}"
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/gpu-out")
     device = (out / "device.txt").read_text().strip() if (out / "device.txt").is_file() else "(no nvidia-smi)"
     print(f"device: {device}")
     print("| run | forward | decode threads / processes / nvJPEG | write | extract (after 1st batch) | ratio "
-          "| waits: decode, backbone, device, writer (writer busy), s | target | |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| in series | waits: decode, backbone, device, writer (writer busy), s | target | |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, (target, floor, ratio) in TARGETS.items():
         path = out / f"{name}.json"
         if not path.is_file():
-            print(f"| {name} | | | | | | | {target} | not run |")
+            print(f"| {name} | | | | | | | | {target} | not run |")
             continue
         f = json.loads(path.read_text())
         decodes = " / ".join(f"{f[key]:.0f}" if key in f else "–"
                              for key in ("decode_threads_img_s", "decode_processes_img_s", "decode_nvjpeg_img_s"))
         print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {decodes} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
-              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {waits(f)} | {target} | "
+              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series(f)} | {waits(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
 
 

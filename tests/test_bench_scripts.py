@@ -1,6 +1,7 @@
 """The benchmark scripts that must run anywhere run here, at a small size (their figures are in BENCHMARKS.md)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,12 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
                            text=True, timeout=60)
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
-    assert table.returncode == 0 and len(rows) == 1 + 8, table.stderr  # a header, then each run gpu_run.sh makes
+    assert table.returncode == 0 and len(rows) == 1 + 10, table.stderr  # a header, then each run gpu_run.sh makes
     assert rows[1].endswith("not run |") and rows[4].endswith("| missed |")  # a CPU does not make 3000 img/s
     assert " / 0 | " in rows[4]  # its nvJPEG decode column: not run here
-    assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 and nvJPEG runs
+    assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 and nvJPEG runs, the probes
+    series = 1 / (1 / figures["forward_img_s"] + 1 / figures["decode_img_s"] + 1 / figures["write_img_s"])
+    assert abs(figures["in_series_img_s"] - series) < 1e-9 and f" | {series:.0f} | " in rows[4]
 
 
 def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, make_images):
@@ -148,3 +151,15 @@ def test_gpu_extract_refuses_more_images_than_its_photos_make_distinct(tmp_path,
     done = subprocess.run([sys.executable, "gpu_extract.py", "--images", "37", "--source", str(tmp_path / "source"),
                            "--backbone", "rgb-stats"], cwd=BENCH, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "1 photos make at most 36 distinct JPEGs, and --images asks for 37" in done.stderr
+
+
+@pytest.mark.parametrize("library, backend, check", [
+    ("torch", "jax", "import torch; assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32"),
+    ("keras", "jax", "import jax; assert jax.config.jax_default_matmul_precision == 'highest'"),
+])
+def test_full_float32_turns_the_backends_tf32_off(library, backend, check):
+    """bench/common.full_float32, which gpu_extract.py and device_vs_cpu.py --full-float32 use (a GPU's figures)."""
+    code = f"from common import full_float32; full_float32({library!r}); {check}"
+    done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "KERAS_BACKEND": backend})
+    assert done.returncode == 0, done.stderr

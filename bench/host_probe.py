@@ -4,6 +4,7 @@
 
 Prints one JSON line:
   kernel            the kernel release (4.4.0 is gVisor's, whose page faults are slow)
+  cpu_model, threads_per_core  the CPU, and the hardware threads per core (2: the cores count twice in `cores`)
   fresh_gb_s        filling a freshly allocated array of --megabytes, again and again (each page faults once)
   reused_gb_s       filling one array again and again (no faults)
   fresh_4_threads_gb_s  four threads allocating and filling at once, together (faults serialised or not)
@@ -107,6 +108,22 @@ def jax_copies(repeats: int = 10) -> dict:
     return figures
 
 
+def cpu_topology() -> dict:
+    """The CPU model, and how many hardware threads share a core (2 where SMT is on: 16 CPUs may be 8 cores)."""
+    figures: dict = {"cpu_model": None, "threads_per_core": None}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                figures["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        siblings = open("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read().strip()
+        figures["threads_per_core"] = sum(
+            int(part.split("-")[1]) - int(part.split("-")[0]) + 1 if "-" in part else 1 for part in siblings.split(","))
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux, or a kernel that hides it: recorded as unknown
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=100)
@@ -116,6 +133,7 @@ def main() -> None:
     figures = {
         "kernel": platform.release(),
         "cores": os.cpu_count(),
+        **cpu_topology(),
         "fresh_gb_s": fill_rate(args.megabytes, args.repeats, True),
         "reused_gb_s": fill_rate(args.megabytes, args.repeats, False),
         "fresh_4_threads_gb_s": threads_fill_rate(args.megabytes, args.repeats, 4),

@@ -139,6 +139,8 @@ def test_host_probe_and_decode_parent_benches_run_small(tmp_path, make_images):
     assert probe.returncode == 0, probe.stderr
     figures = json.loads(probe.stdout.strip().splitlines()[-1])
     assert figures["fresh_gb_s"] > 0 and figures["reused_gb_s"] > 0 and figures["loky_start_s"] > 0
+    if Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").is_file():  # Linux: read, not guessed
+        assert figures["threads_per_core"] >= 1 and figures["cpu_model"]
     make_images(tmp_path, 2)
     done = subprocess.run([sys.executable, "decode_parent.py", "--images", "12", "--batch-size", "4", "--repeats", "1",
                            "--source", str(tmp_path)], cwd=BENCH, capture_output=True, text=True, timeout=120)

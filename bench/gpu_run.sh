@@ -2,8 +2,8 @@
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=590)
 # (439 s on an H200 on 2026-11-28, the machine's start not counted, for the host probe, eight rows, two
-# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now ten rows and four device_vs_cpu.py runs by default,
-# without the last two: ~520 s expected; BENCHMARKS.md has the figures)
+# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now ten rows (two of them under py-spy) and four
+# device_vs_cpu.py runs by default, without the last two: ~550 s expected; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
@@ -18,6 +18,7 @@ if [ -d .whl ]; then
     && export PYTHONPATH=/tmp/site || exit 1
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
+export PATH="/tmp/site/bin:$PATH"  # py-spy, from its wheel
 OUT=${OUT:-/tmp/gpu-out}; RESULTS=${RESULTS:-/tmp/gpu-results}; mkdir -p "$OUT" "$RESULTS"
 pack() { tar czf /tmp/results.tgz -C "$RESULTS" . && mv /tmp/results.tgz "$OUT/results.tgz"; }
 IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-4096}  # 1,024 timed too few: below the extraction's own rate
@@ -25,9 +26,14 @@ source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$RESULTS/device.txt"
 STEPS=${STEPS:-probe,rows,vs-cpu}  # nvjpeg and parent answered their questions on 2026-11-28 (BENCHMARKS.md)
 step() { [[ ",$STEPS," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
+# Rows not run by default: resnet50-pooled and lite0-pretrained-zstd-bfloat16 (measured on 2026-11-27 and -28, and
+# their twins run); ROWS='.*' runs every one
+default_rows='resnet50-float16-none|resnet50-pooled-bfloat16-nvjpeg|lite0-pretrained-zstd-nvjpeg|lite0-pretrained-none'
+default_rows+='|lite0-pretrained-zstd|resnet50-pooled-bfloat16|resnet50-float16-zstd|resnet50-float16-none-full-float32'
+ROWS=${ROWS:-$default_rows|.*-profiled}
 run() {  # name, then gpu_extract.py options; ROWS (a regular expression) picks the rows that run
   local name=$1; shift
-  step rows && [[ "$name" =~ ^(${ROWS:-.*})$ ]] || return 0
+  step rows && [[ "$name" =~ ^($ROWS)$ ]] || return 0
   echo "== $name"
   timeout 130 python3 bench/gpu_extract.py --images "$IMAGES" --forward-images "$FORWARD" --source "$source" \
     --data-dir /tmp/gpu-jpegs \
@@ -58,6 +64,15 @@ run resnet50-float16-zstd --backbone resnet50 --compression zstd $later
 # A probe: what full float32 convolutions cost (a GPU's default TF32 features differed from a CPU's by more than
 # float16 rounding on the H200, 2026-11-28)
 run resnet50-float16-none-full-float32 --backbone resnet50 --compression none --full-float32 $later
+# Where each thread's time goes (py-spy; the sampling slows these runs, so their figures are not the targets'): a
+# PyTorch row, whose stages ran one after another on 2026-11-28, and a JAX row, whose stages overlapped
+run lite0-pretrained-zstd-profiled --backbone efficientnet-lite0 --weights imagenet --compression zstd $later \
+  --profile "$RESULTS/profile-lite0-pretrained-zstd.txt"
+run resnet50-pooled-bfloat16-profiled --backbone resnet50 --store pooled --compute-dtype bfloat16 $later \
+  --profile "$RESULTS/profile-resnet50-pooled-bfloat16.txt"
+for profile in "$RESULTS"/profile-*.txt; do
+  [ -f "$profile" ] && python3 bench/profile_summary.py "$profile" | tee "${profile%.txt}-summary.txt" | head -8
+done
 step vs-cpu && echo "== the device's float32 features against the CPU's (a cache key does not record the device)"
 step vs-cpu && for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
   for full in "" --full-float32; do

@@ -165,3 +165,22 @@ def test_full_float32_turns_the_backends_tf32_off(library, backend, check):
     done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "KERAS_BACKEND": backend})
     assert done.returncode == 0, done.stderr
+
+
+def test_profile_summary_adds_up_threads_and_where_the_engine_thread_ended(tmp_path):
+    """bench/profile_summary.py on py-spy's collapsed stacks (the lines gpu_extract.py --profile writes)."""
+    (tmp_path / "profile.txt").write_text(
+        "thread (11): MainThread;0x7f00 (libc.so.6);main (gpu_extract.py:250);submit (device.py:103);"
+        "__memmove_avx_unaligned (libc.so.6) 30\n"
+        "thread (11): MainThread;0x7f00 (libc.so.6);main (gpu_extract.py:250);fetch (device.py:131);"
+        "take_gil (libpython3.12.so);0x7f01 (libc.so.6) 10\n"
+        "thread (12): featurebank-array_0;worker (thread.py:89) 5\n"
+        "thread (13): featurebank-array_1;worker (thread.py:89) 7\n")
+    done = subprocess.run([sys.executable, "profile_summary.py", str(tmp_path / "profile.txt")], cwd=BENCH,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "samples per thread name: MainThread 40, featurebank-array 12"
+    assert lines[1] == "MainThread: 40 samples; where they ended:"
+    assert lines[2].split() == ["75.0%", "submit", "(device.py:103)", ">", "__memmove_avx_unaligned"]
+    assert lines[3].split() == ["25.0%", "fetch", "(device.py:131)", ">", "take_gil"]

@@ -47,6 +47,12 @@ def pixel_difference(ours, theirs) -> dict:
             "share_of_values_differing": float((difference > 0).mean())}
 
 
+def in_series_img_s(figures: dict) -> float:
+    """1 / (1/forward + 1/decode + 1/write) of gpu_extract.py's figures: the rate if its three stages ran one after
+    another, not side by side (an extraction near it overlaps nothing)."""
+    return 1 / sum(1 / figures[k] for k in ("forward_img_s", "decode_img_s", "write_img_s"))
+
+
 def machine() -> str:
     import keras
 

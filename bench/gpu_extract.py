@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET, full_float32, pixel_difference
+from common import TRASHNET, full_float32, in_series_img_s, pixel_difference
 from PIL import Image
 
 import featurebank
@@ -295,8 +295,7 @@ def main() -> None:
         figures["extract_stage_seconds"] = report.stage_seconds
         limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
         figures["extract_vs_limit"] = figures["extract_img_s"] / limit
-        # the rate if the three stages ran one after another, not side by side: an extraction near it overlaps nothing
-        figures["in_series_img_s"] = 1 / sum(1 / figures[k] for k in ("forward_img_s", "decode_img_s", "write_img_s"))
+        figures["in_series_img_s"] = in_series_img_s(figures)
         figures["extract_steady_vs_limit"] = figures["extract_steady_img_s"] / limit
         decodes = ", ".join(f"{figures[f'decode_{d}_img_s']:.1f} with {d}" for d in DECODERS if f"decode_{d}_img_s" in figures)
         print(f"forward {figures['forward_img_s']:.1f} img/s (in flight == one by one: {figures['in_flight_equal']}), "

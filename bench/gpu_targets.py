@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from common import in_series_img_s
+
 # run name → (what the issue asks of it, img/s floor, ratio floor or None)
 TARGETS = {
     "resnet50-float16-none": ("uncompressed float16 maps: ≥ 0.9 of min(forward, decode, write) and ≥ 1400 img/s",
@@ -58,11 +60,6 @@ def waits(figures: dict) -> str:
             f"({stages['write']:.1f})")
 
 
-def in_series(figures: dict) -> str:
-    """1 / (1/forward + 1/decode + 1/write), from the figures (also for runs made before gpu_extract.py printed it)."""
-    return f"{1 / sum(1 / figures[k] for k in ('forward_img_s', 'decode_img_s', 'write_img_s')):.0f}"
-
-
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/gpu-out")
     device = (out / "device.txt").read_text().strip() if (out / "device.txt").is_file() else "(no nvidia-smi)"
@@ -79,7 +76,7 @@ def main() -> None:
         decodes = " / ".join(f"{f[key]:.0f}" if key in f else "–"
                              for key in ("decode_threads_img_s", "decode_processes_img_s", "decode_nvjpeg_img_s"))
         print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {decodes} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
-              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series(f)} | {waits(f)} | {target} | "
+              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series_img_s(f):.0f} | {waits(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
 
 

@@ -60,28 +60,20 @@ def machine() -> str:
             f"keras {keras.__version__} ({keras.backend.backend()} backend)")
 
 
-def full_float32(library: str) -> None:
-    """Float32 convolutions and matrix products in full float32 on NVIDIA GPUs, not TF32 (the libraries' default there).
+def allow_tf32(allowed: bool = True) -> None:
+    """Let the engine's float32 backbones run as TF32 on NVIDIA GPUs, the libraries' default there: a probe.
 
-    For ``library``'s backbones (featurebank.backbones.Backbone.library): PyTorch's cuDNN and cuBLAS
-    flags, or for Keras its backend's (JAX: every dot and convolution at HIGHEST precision). A
-    GPU's default float32 features differed from a CPU's by more than float16 rounding on an H200
-    (BENCHMARKS.md); this measures what full float32 costs there. On a CPU it changes nothing.
+    The engine runs float32 in IEEE float32 (``featurebank.device.float32_arithmetic``), because
+    TF32 moved an H200's features beyond float16 rounding of a CPU's (BENCHMARKS.md). This measures
+    in the same run what that costs against TF32; ``allowed=False`` gives the engine's way back.
+    For this process; on a CPU it changes nothing.
     """
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow") if library == "keras" else library
-    if backend == "torch":
-        import torch
+    import contextlib
 
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    elif backend == "jax":
-        import jax
+    from featurebank import backbones, device, torch_backbones
 
-        jax.config.update("jax_default_matmul_precision", "highest")
-    elif backend == "tensorflow":
-        from featurebank.quiet import import_keras
+    def libraries_default(backend: str, compute_dtype: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
-        import_keras()
-        import tensorflow as tf
-
-        tf.config.experimental.enable_tensor_float_32_execution(False)
+    arithmetic = libraries_default if allowed else device.float32_arithmetic
+    backbones.float32_arithmetic = torch_backbones.float32_arithmetic = arithmetic

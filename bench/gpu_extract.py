@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET, full_float32, in_series_img_s, pixel_difference
+from common import TRASHNET, allow_tf32, in_series_img_s, pixel_difference
 from PIL import Image
 
 import featurebank
@@ -200,8 +200,9 @@ def main() -> None:
     parser.add_argument("--decode-only", default=",".join(DECODERS),
                         help="the decoders whose decode-only img/s to measure (the one in the ratio always is)")
     parser.add_argument("--forward-images", type=int, default=512, help="images pushed through the forward-only pass")
-    parser.add_argument("--full-float32", action="store_true",
-                        help="float32 convolutions in full float32 on an NVIDIA GPU, not TF32 (bench/common.py)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="a probe: float32 convolutions as TF32 on an NVIDIA GPU, the libraries' default, not "
+                             "the engine's IEEE float32 (bench/common.py)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample every thread's Python stack (py-spy) during the extraction into this "
                              "file (collapsed stacks; bench/profile_summary.py reads it)")
@@ -215,8 +216,8 @@ def main() -> None:
     spec = get_backbone(args.backbone)
     size = tuple(int(v) for v in args.input_size.split("x")) if args.input_size else spec.input_size
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
-    if args.full_float32:
-        full_float32(spec.library)
+    if args.tf32:
+        allow_tf32()
     sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size,
                          decode_workers=args.workers, decoder=args.decoder)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
@@ -224,7 +225,7 @@ def main() -> None:
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
                      "store": args.store, "compute_dtype": args.compute_dtype, "decoder": sizes.decoder,
-                     "full_float32": args.full_float32, "profiled": args.profile is not None}
+                     "tf32": args.tf32, "profiled": args.profile is not None}
     print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:

@@ -2,14 +2,16 @@
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=590)
 # (439 s on an H200 on 2026-11-28, the machine's start not counted, for the host probe, eight rows, two
-# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now ten rows (two of them under py-spy) and four
-# device_vs_cpu.py runs by default, without the last two: ~550 s expected; BENCHMARKS.md has the figures)
+# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now by default eight rows (two of them under py-spy),
+# compute_dtype.py for both backbones and four device_vs_cpu.py runs, without the last two: ~500 s expected, not run
+# yet; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
 # It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
-# STEPS (probe,rows,vs-cpu,nvjpeg,parent or all; probe,rows,vs-cpu by default) and ROWS (a regular expression of row names) pick
+# STEPS (probe,rows,arithmetic,vs-cpu,nvjpeg,parent or all; the first four by default) and ROWS (a regular expression
+# of row names) pick
 # what runs, for a second call after the first: STEPS=rows ROWS='lite0-.*' bash bench/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +26,13 @@ pack() { tar czf /tmp/results.tgz -C "$RESULTS" . && mv /tmp/results.tgz "$OUT/r
 IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-4096}  # 1,024 timed too few: below the extraction's own rate
 source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$RESULTS/device.txt"
-STEPS=${STEPS:-probe,rows,vs-cpu}  # nvjpeg and parent answered their questions on 2026-11-28 (BENCHMARKS.md)
+STEPS=${STEPS:-probe,rows,arithmetic,vs-cpu}  # nvjpeg and parent answered their questions on 2026-11-28 (BENCHMARKS.md)
 step() { [[ ",$STEPS," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
-# Rows not run by default: resnet50-pooled and lite0-pretrained-zstd-bfloat16 (measured on 2026-11-27 and -28, and
-# their twins run); ROWS='.*' runs every one
+# Rows not run by default: resnet50-pooled, lite0-pretrained-zstd-bfloat16 and resnet50-float16-zstd (measured on
+# 2026-11-27 and -28, and their twins run), and resnet50-float16-none-tf32 (the arithmetic step times TF32 against
+# IEEE float32 more directly); ROWS='.*' runs every one
 default_rows='resnet50-float16-none|resnet50-pooled-bfloat16-nvjpeg|lite0-pretrained-zstd-nvjpeg|lite0-pretrained-none'
-default_rows+='|lite0-pretrained-zstd|resnet50-pooled-bfloat16|resnet50-float16-zstd|resnet50-float16-none-full-float32'
+default_rows+='|lite0-pretrained-zstd|resnet50-pooled-bfloat16'
 ROWS=${ROWS:-$default_rows|.*-profiled}
 run() {  # name, then gpu_extract.py options; ROWS (a regular expression) picks the rows that run
   local name=$1; shift
@@ -61,9 +64,9 @@ run resnet50-pooled-bfloat16 --backbone resnet50 --store pooled --compute-dtype 
 run lite0-pretrained-zstd-bfloat16 --backbone efficientnet-lite0 --weights imagenet --compression zstd \
   --compute-dtype bfloat16 $later
 run resnet50-float16-zstd --backbone resnet50 --compression zstd $later
-# A probe: what full float32 convolutions cost (a GPU's default TF32 features differed from a CPU's by more than
-# float16 rounding on the H200, 2026-11-28)
-run resnet50-float16-none-full-float32 --backbone resnet50 --compression none --full-float32 $later
+# A probe: what the engine's IEEE float32 costs against TF32, the libraries' default (whose features differed from
+# a CPU's by more than float16 rounding on the H200, 2026-11-28)
+run resnet50-float16-none-tf32 --backbone resnet50 --compression none --tf32 $later
 # Where each thread's time goes (py-spy; the sampling slows these runs, so their figures are not the targets'): a
 # PyTorch row, whose stages ran one after another on 2026-11-28, and a JAX row, whose stages overlapped
 run lite0-pretrained-zstd-profiled --backbone efficientnet-lite0 --weights imagenet --compression zstd $later \
@@ -73,11 +76,17 @@ run resnet50-pooled-bfloat16-profiled --backbone resnet50 --store pooled --compu
 for profile in "$RESULTS"/profile-*.txt; do
   [ -f "$profile" ] && python3 bench/profile_summary.py "$profile" | tee "${profile%.txt}-summary.txt" | head -8
 done
+if step arithmetic; then  # the forward alone in IEEE float32 (the engine's), bfloat16 and TF32 (the libraries' default)
+  echo "== the backbones' arithmetic: IEEE float32, bfloat16 and TF32"
+  timeout 150 python3 bench/compute_dtype.py --images "${ARITHMETIC_IMAGES:-512}" --repeats 3 --tf32 --source "$source" \
+    2>&1 | tee "$RESULTS/arithmetic.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | grep -v '^{' | tail -4
+  pack
+fi
 step vs-cpu && echo "== the device's float32 features against the CPU's (a cache key does not record the device)"
 step vs-cpu && for backbone_weights in resnet50:none efficientnet-lite0:imagenet; do
-  for full in "" --full-float32; do
+  for tf32 in "" --tf32; do
     timeout 120 python3 bench/device_vs_cpu.py --backbone "${backbone_weights%%:*}" --weights "${backbone_weights#*:}" \
-      --images 16 --source "$source" $full --json "$RESULTS/vs-cpu-${backbone_weights%%:*}${full}.json" 2>&1 \
+      --images 16 --source "$source" $tf32 --json "$RESULTS/vs-cpu-${backbone_weights%%:*}${tf32}.json" 2>&1 \
       | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
   done
 done

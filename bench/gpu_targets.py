@@ -39,8 +39,9 @@ TARGETS = {
     # a probe: pretrained Lite0 with no compression threads beside the backbone (its zstd runs came out at about
     # the rate of their stages one after another on the H200, 2026-11-28)
     "lite0-pretrained-none": ("uncompressed Lite0 maps, no compression threads: reported", 0, None),
-    # a probe: the first row with float32 convolutions in full float32 instead of TF32 (bench/common.full_float32)
-    "resnet50-float16-none-full-float32": ("uncompressed float16 maps, full float32 convolutions: reported", 0, None),
+    # a probe: the first row with float32 convolutions as TF32, the libraries' default, instead of the engine's IEEE
+    # float32 (bench/common.allow_tf32)
+    "resnet50-float16-none-tf32": ("uncompressed float16 maps, TF32 convolutions: reported", 0, None),
 }
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.cache import COMPUTE_DTYPES
-from featurebank.device import (Pending, PinnedCopies, jax_pinned_host_maps, through_pinned_host,
-                                use_jax_compilation_cache)
+from featurebank.device import (Pending, PinnedCopies, float32_arithmetic, jax_pinned_host_maps,
+                                through_pinned_host, use_jax_compilation_cache)
 from featurebank.errors import InvalidArgument, WeightsError
 from featurebank.scan import file_sha256  # noqa: F401  (re-exported for backbone modules)
 
@@ -149,7 +149,7 @@ def keras_feature_function(
     images = keras.Input((height, width, 3), dtype="uint8", name="images")
     pixels = keras.ops.cast(images, "float32")
     model = keras.Model(images, base(preprocess(pixels), training=False), name=f"featurebank_{backbone.name}")
-    return KerasFeatureFunction(model, batch_size)
+    return KerasFeatureFunction(model, batch_size, compute_dtype)
 
 
 class KerasFeatureFunction:
@@ -166,12 +166,14 @@ class KerasFeatureFunction:
     them (``copy_to_host_async``); on the torch backend the model is called directly and
     the batch moves through ``PinnedCopies`` (on CUDA: pinned buffers, copies out on their own
     stream). Either way the host prepares the next batch meanwhile. TensorFlow's
-    ``predict_on_batch`` waits.
+    ``predict_on_batch`` waits. With ``compute_dtype='float32'`` every call runs in IEEE float32,
+    not TF32 (``float32_arithmetic``).
     """
 
-    def __init__(self, model, batch_size: int):
+    def __init__(self, model, batch_size: int, compute_dtype: str = "float32"):
         self.model = model
         self.batch_size = batch_size
+        self.compute_dtype = compute_dtype
         self._embed_models: dict[str, object] = {}
         self._jax_steps: dict[tuple[str, bool], Callable] = {}
         self._torch_copies: PinnedCopies | None = None
@@ -182,8 +184,15 @@ class KerasFeatureFunction:
             images = np.concatenate([images, pad])
         return images
 
+    def _arithmetic(self, backend: str):
+        return float32_arithmetic(backend, self.compute_dtype)
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(self._padded(images)), dtype=np.float32)[: len(images)]
+        from featurebank.quiet import import_keras
+
+        with self._arithmetic(import_keras().backend.backend()):
+            maps = self.model.predict_on_batch(self._padded(images))
+        return np.asarray(maps, dtype=np.float32)[: len(images)]
 
     def _embed_model(self, name: str):
         if name not in self._embed_models:
@@ -230,11 +239,13 @@ class KerasFeatureFunction:
             names = ("maps", "avg", "max") if maps else ("avg", "max")
             return Pending(lambda: self._unpack([copying.result()[n] for n in names], count, maps), ready=copying.ready)
         if backend == "jax":
-            outputs = self._jax_step(name, maps)(through_pinned_host(self._padded(images)))
+            with self._arithmetic(backend):
+                outputs = self._jax_step(name, maps)(through_pinned_host(self._padded(images)))
             for output in outputs:
                 output.copy_to_host_async()
             return Pending(lambda: self._unpack(outputs, count, maps))
-        outputs = self._embed_model(name).predict_on_batch(self._padded(images))
+        with self._arithmetic(backend):
+            outputs = self._embed_model(name).predict_on_batch(self._padded(images))
         return Pending.done(self._unpack(outputs if maps else outputs[1:], count, maps))
 
     def _submit_on_torch(self, name: str, images: np.ndarray, maps: bool) -> Pending:
@@ -246,7 +257,7 @@ class KerasFeatureFunction:
             self._torch_copies = PinnedCopies(torch, model.weights[0].value.device)
         copies = self._torch_copies
         slot = copies.take_slot()
-        with torch.no_grad():
+        with torch.no_grad(), self._arithmetic("torch"):
             stored, avg, largest = model(copies.to_device(images, slot), training=False)
         outputs = {"maps": stored, "avg": avg, "max": largest} if maps else {"avg": avg, "max": largest}
         return copies.copy_out(outputs, slot)

@@ -11,7 +11,7 @@ import numpy as np
 
 from featurebank.backbones import Backbone, FeatureFunction, file_sha256, register
 from featurebank.cache import STAGES
-from featurebank.device import Pending, PinnedCopies
+from featurebank.device import Pending, PinnedCopies, float32_arithmetic
 from featurebank.errors import WeightsError
 
 LITE_MEAN, LITE_STD = 127.0, 128.0  # the TF Lite models' input normalisation (efficientnet_lite_builder.py)
@@ -38,7 +38,8 @@ class TorchFeatureFunction:
     ``submit`` returns once the work is queued, so the device computes batch k+1 while batch k is
     copied out and read. At most two batches may be in flight at once. ``compute_dtype='bfloat16'``
     runs the model under ``torch.autocast`` (bfloat16 convolutions and matrix products, float32
-    weights); the normalisation before it and the pooling after it stay float32.
+    weights); the normalisation before it and the pooling after it stay float32. ``'float32'`` runs
+    it in IEEE float32, not TF32 (``float32_arithmetic``).
     """
 
     def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = (),
@@ -49,6 +50,7 @@ class TorchFeatureFunction:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.mean, self.std = mean, std
+        self.compute_dtype = compute_dtype
         self.autocast = compute_dtype != "float32"
         self.stage_layers = tuple(stage_layers)
         self.copies = PinnedCopies(torch, self.device)
@@ -64,7 +66,8 @@ class TorchFeatureFunction:
     def _forward(self, images: np.ndarray, slot):
         x = self.copies.to_device(images, slot)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.autocast):
+        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.autocast), \
+                float32_arithmetic("torch", self.compute_dtype):
             maps = self.model.extract_features(x)
         return maps.permute(0, 2, 3, 1)  # NHWC on the device: float32, or bfloat16 under autocast
 

@@ -57,6 +57,7 @@ def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, 
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert (figures["images"], figures["device"], figures["reference"]) == (4, "cpu", "cpu")
     assert figures["maps_relative_l2"] == figures["avg_relative_l2"] == figures["float16_values_differing"] == 0
+    assert figures["float16_values_beyond_one_step"] == 0
 
 
 @pytest.mark.parametrize("library", ["torchcodec", "torchvision"])
@@ -155,16 +156,45 @@ def test_gpu_extract_refuses_more_images_than_its_photos_make_distinct(tmp_path,
     assert done.returncode != 0 and "1 photos make at most 36 distinct JPEGs, and --images asks for 37" in done.stderr
 
 
-@pytest.mark.parametrize("library, backend, check", [
-    ("torch", "jax", "import torch; assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32"),
-    ("keras", "jax", "import jax; assert jax.config.jax_default_matmul_precision == 'highest'"),
-])
-def test_full_float32_turns_the_backends_tf32_off(library, backend, check):
-    """bench/common.full_float32, which gpu_extract.py and device_vs_cpu.py --full-float32 use (a GPU's figures)."""
-    code = f"from common import full_float32; full_float32({library!r}); {check}"
-    done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "KERAS_BACKEND": backend})
-    assert done.returncode == 0, done.stderr
+TF32_PROBE = """
+import numpy as np
+import torch
+from common import allow_tf32
+from featurebank.backbones import get_backbone
+allow_tf32()
+features = get_backbone("efficientnet-lite0").build("none", (64, 64), 2)
+seen = []
+first_conv = next(m for m in features.model.modules() if isinstance(m, torch.nn.Conv2d))
+first_conv.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.conv.fp32_precision))
+features.embed(np.zeros((2, 64, 64, 3), dtype=np.uint8), np.float16)
+allow_tf32(False)  # the engine's way back (compute_dtype.py --tf32 alternates the two)
+features.embed(np.zeros((2, 64, 64, 3), dtype=np.uint8), np.float16)
+print(seen)
+"""
+
+
+def test_the_tf32_probe_leaves_the_libraries_default_to_float32_backbones():
+    """bench/common.allow_tf32 (gpu_extract.py and device_vs_cpu.py --tf32): what the engine's IEEE float32 costs."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
+    import torch
+
+    if not hasattr(torch.backends.cudnn, "conv"):
+        pytest.skip("torch < 2.9 names its TF32 settings otherwise")
+    done = subprocess.run([sys.executable, "-c", TF32_PROBE], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['tf32', 'ieee']"  # torch's default, then the engine's
+
+
+def test_float16_steps_between_two_caches_are_counted_from_the_larger_value(monkeypatch):
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    from device_vs_cpu import beyond_one_float16_step
+
+    reference = np.array([1.0, 1.5, 2.0, -3.0, 0.0], np.float16)
+    one_step = np.nextafter(reference, np.float16(np.inf))  # a value and the next float16: within rounding
+    assert beyond_one_float16_step(one_step, reference) == 0.0
+    assert beyond_one_float16_step(np.nextafter(one_step, np.float16(np.inf)), reference) == 1.0
 
 
 def test_profile_summary_adds_up_threads_and_where_the_engine_thread_ended(tmp_path):

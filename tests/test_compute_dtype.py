@@ -143,3 +143,74 @@ def test_bfloat16_on_a_cpu_without_its_instructions_is_warned_about(tmp_path, ma
                                  compute_dtype="bfloat16", warn=warnings.append)
     assert report.new == 1
     assert any("no bfloat16 instructions" in w for w in warnings) is (not has_bfloat16)
+
+
+def torch_tf32_settings(torch) -> tuple:
+    """What cuDNN convolutions and cuBLAS matrix products may do with float32 (torch >= 2.9's names, else older)."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_float32_backbones_run_their_convolutions_in_ieee_float32_not_tf32(compute_dtype):
+    """On NVIDIA GPUs float32 convolutions run as TF32 by default, which moved an H200's features beyond
+    float16 rounding of a CPU's (BENCHMARKS.md): a float32 forward turns it off while it runs, and puts
+    the user's settings back. (A CPU runs IEEE float32 either way; what is checked is what the GPU is told.)"""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
+    import torch
+
+    ieee = ("ieee", "ieee") if hasattr(torch.backends.cudnn, "conv") else (False, False)
+    before = torch_tf32_settings(torch)
+    assert before != ieee  # torch's default lets cuDNN use TF32
+    features = get_backbone("efficientnet-lite0").build("none", (64, 64), 2, compute_dtype)
+    first_conv = next(m for m in features.model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    first_conv.register_forward_hook(lambda *_: seen.append(torch_tf32_settings(torch)))
+    images = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    features(images)
+    features.embed(images, np.float16)
+    assert seen == [ieee if compute_dtype == "float32" else before] * 2
+    assert torch_tf32_settings(torch) == before
+
+
+JAX_PRECISION = """
+import jax
+import numpy as np
+from featurebank.backbones import get_backbone
+from featurebank.embed import Embedder
+seen = []
+convolve = jax.lax.conv_general_dilated
+def recording(*args, **kwargs):
+    seen.append(str(jax.config.jax_default_matmul_precision))
+    return convolve(*args, **kwargs)
+jax.lax.conv_general_dilated = recording  # Keras's JAX backend calls it by this name
+images = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+Embedder(get_backbone("resnet50").build("none", (64, 64), 2, COMPUTE_DTYPE), dtype="float16")(images)
+assert len(seen) == 53, len(seen)  # ResNet50's convolutions, traced once
+print(sorted(set(seen)), jax.config.jax_default_matmul_precision)
+"""
+
+
+@pytest.mark.parametrize("compute_dtype, traced", [("float32", "['highest'] None"), ("bfloat16", "['None'] None")])
+def test_keras_on_jax_traces_float32_convolutions_at_highest_precision(tmp_path, compute_dtype, traced):
+    """The GPU machines run Keras on JAX, where XLA runs float32 convolutions as TF32 unless told HIGHEST."""
+    pytest.importorskip("jax", reason="needs jax (pip install -e .[test] installs it)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", f"COMPUTE_DTYPE = {compute_dtype!r}\n" + JAX_PRECISION],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == traced
+
+
+def test_tensorflow_float32_turns_tf32_off_and_back():
+    import tensorflow as tf
+
+    from featurebank.device import float32_arithmetic
+
+    assert tf.config.experimental.tensor_float_32_execution_enabled()
+    with float32_arithmetic("tensorflow", "float32"):
+        assert not tf.config.experimental.tensor_float_32_execution_enabled()
+    with float32_arithmetic("tensorflow", "bfloat16"):
+        assert tf.config.experimental.tensor_float_32_execution_enabled()
+    assert tf.config.experimental.tensor_float_32_execution_enabled()

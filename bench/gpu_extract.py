@@ -13,9 +13,9 @@ the backbone uses):
             fresh pinned memory); then four overlapped batches are checked against one-by-one ones,
             bit for bit
   decode    the decoding pool alone (featurebank.decoding.decoded_batches), every file, with threads,
-            with processes and with nvJPEG on the GPU (where PyTorch sees one; the engine's choice, or
-            --decoder, is the one in the ratio); and how far nvJPEG's pixels are from Pillow's, on the
-            first batch
+            with processes and with nvJPEG on the GPU (where PyTorch sees one; its batches left there,
+            as extraction leaves them for a backbone on the GPU; the engine's choice, or --decoder, is
+            the one in the ratio); and how far nvJPEG's pixels are from Pillow's, on the first batch
   write     the shard writer alone (same dtype, compression and shard size), on real maps repeated
   extract   `featurebank.extract` end to end into a fresh cache, every file (model build excluded), and
             the same after its first batch, which pays the pools' start and a JIT backend's compilation
@@ -256,8 +256,9 @@ def main() -> None:
         for decoder in [d for d in DECODERS if d in measured]:
             started = time.perf_counter()
             try:
-                decoded = sum(len(batch) for batch, _ in decoded_batches(
-                    files, lambda p: p, size, batch_size=args.batch_size, workers=sizes.decode_workers, decoder=decoder))
+                decoded = sum(len(batch) for batch, _ in decoded_batches(  # nvJPEG's stay on the GPU, as in extract
+                    files, lambda p: p, size, batch_size=args.batch_size, workers=sizes.decode_workers, decoder=decoder,
+                    keep_on_device=decoder == "nvjpeg"))
             except FeaturebankError as exc:  # too little shared memory for the processes' ring; nvjpeg without a GPU
                 figures[f"decode_{decoder}_img_s"], figures[f"decode_{decoder}_error"] = 0.0, str(exc)
                 continue

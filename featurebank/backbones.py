@@ -11,14 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featurebank.cache import COMPUTE_DTYPES
-from featurebank.device import (Pending, PinnedCopies, float32_arithmetic, jax_pinned_host_maps,
-                                through_pinned_host, use_jax_compilation_cache)
+from featurebank.device import (Pending, PinnedCopies, float32_arithmetic, is_torch_tensor, jax_input,
+                                jax_pinned_host_maps, use_jax_compilation_cache)
 from featurebank.errors import InvalidArgument, WeightsError
 from featurebank.scan import file_sha256  # noqa: F401  (re-exported for backbone modules)
+
+if TYPE_CHECKING:
+    import torch
 
 FeatureFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -167,7 +171,9 @@ class KerasFeatureFunction:
     the batch moves through ``PinnedCopies`` (on CUDA: pinned buffers, copies out on their own
     stream). Either way the host prepares the next batch meanwhile. TensorFlow's
     ``predict_on_batch`` waits. With ``compute_dtype='float32'`` every call runs in IEEE float32,
-    not TF32 (``float32_arithmetic``).
+    not TF32 (``float32_arithmetic``). On JAX and torch ``submit`` also takes a uint8 torch tensor
+    already on the GPU (nvJPEG's batches, ``takes_device_batches``): JAX reads it in place through
+    DLPack, torch uses it as it is; nothing goes through the host.
     """
 
     def __init__(self, model, batch_size: int, compute_dtype: str = "float32"):
@@ -178,11 +184,25 @@ class KerasFeatureFunction:
         self._jax_steps: dict[tuple[str, bool], Callable] = {}
         self._torch_copies: PinnedCopies | None = None
 
-    def _padded(self, images: np.ndarray) -> np.ndarray:
-        if len(images) < self.batch_size:
-            pad = np.zeros((self.batch_size - len(images), *images.shape[1:]), dtype=images.dtype)
-            images = np.concatenate([images, pad])
-        return images
+    @property
+    def takes_device_batches(self) -> bool:
+        """Whether ``submit`` takes a torch tensor on the device: on the JAX and torch backends."""
+        from featurebank.quiet import import_keras
+
+        return import_keras().backend.backend() in ("jax", "torch")
+
+    def _padded(self, images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        missing = self.batch_size - len(images)
+        if missing <= 0:
+            return images
+        if is_torch_tensor(images):
+            import torch
+
+            if images.is_cuda:  # read on this thread's stream: not reused by the decoder's before that read ran
+                images.record_stream(torch.cuda.current_stream(images.device))
+            return torch.cat([images, images.new_zeros((missing, *images.shape[1:]))])
+        pad = np.zeros((missing, *images.shape[1:]), dtype=images.dtype)
+        return np.concatenate([images, pad])
 
     def _arithmetic(self, backend: str):
         return float32_arithmetic(backend, self.compute_dtype)
@@ -228,7 +248,7 @@ class KerasFeatureFunction:
             self._jax_steps[name, maps] = lambda images: jitted(trainable, frozen, images)
         return self._jax_steps[name, maps]
 
-    def submit(self, images: np.ndarray, dtype, *, maps: bool = True) -> Pending:
+    def submit(self, images: np.ndarray | torch.Tensor, dtype, *, maps: bool = True) -> Pending:
         """Start embedding ``images``; the Pending gives (maps in ``dtype`` or None, {'avg', 'max'} float32)."""
         from featurebank.quiet import import_keras
 
@@ -239,16 +259,21 @@ class KerasFeatureFunction:
             names = ("maps", "avg", "max") if maps else ("avg", "max")
             return Pending(lambda: self._unpack([copying.result()[n] for n in names], count, maps), ready=copying.ready)
         if backend == "jax":
+            padded = self._padded(images)
             with self._arithmetic(backend):
-                outputs = self._jax_step(name, maps)(through_pinned_host(self._padded(images)))
+                outputs = self._jax_step(name, maps)(jax_input(padded))
             for output in outputs:
                 output.copy_to_host_async()
-            return Pending(lambda: self._unpack(outputs, count, maps))
+
+            def fetch(batch=padded):  # a torch tensor that JAX reads in place stays alive until the step is done
+                return self._unpack(outputs, count, maps)
+
+            return Pending(fetch)
         with self._arithmetic(backend):
             outputs = self._embed_model(name).predict_on_batch(self._padded(images))
         return Pending.done(self._unpack(outputs if maps else outputs[1:], count, maps))
 
-    def _submit_on_torch(self, name: str, images: np.ndarray, maps: bool) -> Pending:
+    def _submit_on_torch(self, name: str, images: np.ndarray | torch.Tensor, maps: bool) -> Pending:
         """Keras on its torch backend: the model called under no_grad, the batch moved by PinnedCopies."""
         import torch
 

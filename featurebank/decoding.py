@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from featurebank.buffers import RecycledArrays
 from featurebank.errors import FeaturebankError, InvalidArgument
 from featurebank.images import ImageDecodeError, decode_failure, load_image, lower_thread_priority
 from featurebank.sizing import SHARED_MEMORY, check_decoder, default_decode_workers, shared_memory_free
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 PROCESS_CHUNK = 32  # files per task sent to a decoding process, at most: loky costs the parent ~0.5 ms a task
@@ -317,7 +320,8 @@ def decoder_for_cache(manifest: dict) -> tuple[str, str | None]:
 
 def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size: tuple[int, int], *,
                     batch_size: int, workers: int | None = None, failures: list | None = None,
-                    priority: str = "low", decoder: str = "threads") -> Iterator[tuple[list[T], np.ndarray]]:
+                    priority: str = "low", decoder: str = "threads", keep_on_device: bool = False
+                    ) -> Iterator[tuple[list[T], np.ndarray | torch.Tensor]]:
     """Yield (items, uint8 (n, H, W, 3)) batches, decoding a bounded window (three batches) ahead.
 
     ``items`` may be a lazy iterable (extraction feeds claimed work as it goes). Files that fail
@@ -329,7 +333,9 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     thread, which would otherwise only wait: at the start, and whenever the decoders fall behind or
     are starved; batches are full but for the last. With processes, a batch is a view of shared
     memory, decoded into again once the caller lets go of it, and a batch in which files failed
-    comes out shorter by as many (with nvjpeg too).
+    comes out shorter by as many (with nvjpeg too). With nvjpeg and ``keep_on_device``, a batch
+    is a uint8 torch tensor on the GPU instead of numpy (for ``Embedder.submit``, which copies it
+    to the host for a feature function that cannot take it).
     """
     check_decoder(decoder, auto=False)
     workers = workers or default_decode_workers()
@@ -339,7 +345,7 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     elif decoder == "nvjpeg":
         from featurebank.gpu_decoding import NvjpegDecoding
 
-        pool = NvjpegDecoding(workers, size, batch_size)
+        pool = NvjpegDecoding(workers, size, batch_size, keep_on_device=keep_on_device)
         batches = pool.batches(iter(items), path_of, failures)
     else:
         pool = _RingDecoding(workers, size, batch_size, priority == "low")

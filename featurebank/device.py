@@ -78,6 +78,16 @@ def _tensorflow_ieee_float32() -> Iterator[None]:
         tf.config.experimental.enable_tensor_float_32_execution(before)
 
 
+def is_torch_tensor(images) -> bool:
+    """Whether ``images`` is a torch tensor, e.g. a batch that nvJPEG left on the GPU; torch is not imported."""
+    return type(images).__module__.partition(".")[0] == "torch"
+
+
+def on_host(images) -> np.ndarray:
+    """``images`` as numpy: a torch tensor is copied to the host, for feature functions that take numpy only."""
+    return images.cpu().numpy() if is_torch_tensor(images) else images
+
+
 def pinned_array(torch, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A numpy array over pinned (page-locked) host memory, whose copies to and from a CUDA GPU are DMAs.
 
@@ -155,8 +165,16 @@ class PinnedCopies:
             slot.buffers[name] = buffer
         return buffer
 
-    def to_device(self, images: np.ndarray, slot: _PinnedSlot):
-        """``images`` as a tensor on the device (through the slot's pinned buffer on CUDA)."""
+    def to_device(self, images, slot: _PinnedSlot):
+        """``images`` as a tensor on the device (numpy through the slot's pinned buffer on CUDA).
+
+        A torch tensor already on the device (a batch nvJPEG decoded there) is used as it is; the
+        caching allocator is told the compute stream reads it, so that its memory is not handed to
+        the decoder's stream before that work is done."""
+        if is_torch_tensor(images):
+            if self.cuda and images.is_cuda:
+                images.record_stream(self.torch.cuda.current_stream(self.device))
+            return images.to(self.device, non_blocking=True)
         x = self.torch.from_numpy(np.require(images, requirements=["C", "W"]))
         if self.cuda:
             x = self._pinned(slot, "in", x.shape, x.dtype).copy_(x)
@@ -225,6 +243,21 @@ def jax_pinned_host_maps(jax, maps: bool) -> list | None:
     if not maps or pinned is None:
         return None
     return [pinned, on_device, on_device]  # the step returns a list
+
+
+def jax_input(images):
+    """On JAX: ``images`` (numpy, or a torch tensor on the GPU) as the embed step's input on the device.
+
+    A torch tensor, a batch nvJPEG decoded on the GPU, is read in place through DLPack: no copy
+    through the host. Its decoder synchronised its stream before handing it on, so JAX's stream
+    may read it at once (``from_dlpack`` also has torch's current stream waited for). numpy goes
+    through pinned host memory (``through_pinned_host``).
+    """
+    if is_torch_tensor(images):
+        import jax
+
+        return jax.dlpack.from_dlpack(images)
+    return through_pinned_host(images)
 
 
 def through_pinned_host(images: np.ndarray):

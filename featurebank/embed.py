@@ -16,15 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from featurebank.backbones import Backbone, get_backbone
 from featurebank.cache import pooled_vectors
 from featurebank.decoding import decoded_batches
-from featurebank.device import Pending
+from featurebank.device import Pending, on_host
 from featurebank.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import torch
 
 AUGMENTS = ("none", "hflip-mean")
 T = TypeVar("T")
@@ -60,17 +63,23 @@ class Embedder:
         return cls(function, dtype=manifest["dtype"], augment=manifest.get("augment", "none"),
                    keep_maps=manifest.get("store", "maps") == "maps", stages=bool(manifest.get("stages")))
 
-    def submit(self, images: np.ndarray) -> Pending:
+    def submit(self, images: np.ndarray | torch.Tensor) -> Pending:
         """Start embedding ``images``: a Pending of their Embedded (the device may still be computing it).
 
         A feature function that can cast and pool on its device (``submit``, see torch_backbones.py and
         KerasFeatureFunction) does, and is not asked for the maps when the cache keeps only vectors.
+        ``images`` is uint8 (n, H, W, 3) numpy, or a torch tensor that nvJPEG left on the GPU: a
+        function that takes such batches (``takes_device_batches``) gets it as it is, the others a
+        copy on the host.
         """
         function = self.function
         if self.stages or (hasattr(function, "submit") and self.augment == "none"):
             options = {"stages": True} if self.stages else {}
+            if not getattr(function, "takes_device_batches", False):
+                images = on_host(images)
             started = function.submit(images, self.dtype, maps=self.keep_maps, **options)
             return Pending(lambda: Embedded(*started.result()), ready=started.ready)
+        images = on_host(images)
         maps = np.asarray(function(images), dtype=np.float32)
         if self.augment == "hflip-mean":
             maps = (maps + np.asarray(function(np.ascontiguousarray(images[:, :, ::-1])), np.float32)) / 2

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -40,6 +40,9 @@ from featurebank.decoding import decode_files, note_failure
 from featurebank.device import pinned_array
 from featurebank.errors import FeaturebankError, InvalidArgument
 from featurebank.images import EXIF_ORIENTATION
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 DEVICE = "cuda"  # where JPEGs are decoded; on "cpu" both libraries use libjpeg-turbo, Pillow's pixels exactly (tests)
@@ -165,20 +168,25 @@ def read_for_gpu(path: str | Path, size: tuple[int, int]) -> bytes | np.ndarray 
 
 
 class NvjpegDecoding:
-    """Batches of uint8 (n, H, W, 3) pixels decoded on ``device`` (DEVICE when None) and copied to the host.
+    """Batches of uint8 (n, H, W, 3) pixels decoded on ``device`` (DEVICE when None), copied to the host.
 
     ``workers`` threads read files (and decode with Pillow the files nvJPEG should not); one
     thread of its own decodes batches on the device, up to BATCHES_AHEAD ahead of the consumer.
     A batch in which files failed comes out shorter by as many; failures keep the files' order.
+    With ``keep_on_device`` a batch stays where it was decoded, as a torch tensor, for a backbone
+    on the same GPU (``takes_device_batches``): at 512x384 a batch of 128 is 75 MB, which the
+    host round trip copied out and back in again, and on an H200 that round trip cost more than
+    nvJPEG saved (BENCHMARKS.md). Files that Pillow decoded are copied in from the host.
     """
 
-    def __init__(self, workers: int, size: tuple[int, int], batch_size: int, device: str | None = None):
+    def __init__(self, workers: int, size: tuple[int, int], batch_size: int, device: str | None = None,
+                 keep_on_device: bool = False):
         self.library = import_jpeg_library()
         self.torch = torch = self.library.torch
         self.device = torch.device(device or DEVICE)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FeaturebankError(NO_CUDA)
-        self.size, self.batch_size = tuple(size), batch_size
+        self.size, self.batch_size, self.keep_on_device = tuple(size), batch_size, keep_on_device
         self.readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-read")
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         allocate = functools.partial(pinned_array, torch) if self.device.type == "cuda" else np.empty
@@ -213,9 +221,10 @@ class NvjpegDecoding:
         return scaled[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
 
     def _batch(self, items: list, paths: list, outcomes: list) -> tuple[list, np.ndarray | None, list[tuple]]:
-        """(good items, their uint8 pixels on the host, [(item, reason)] of the failed ones) of one batch.
+        """(good items, their uint8 pixels, [(item, reason)] of the failed ones) of one batch.
 
-        A JPEG that nvJPEG fails on goes to Pillow, which decodes it or gives the reason threads would."""
+        The pixels are on the host, or with ``keep_on_device`` a tensor on the device. A JPEG that
+        nvJPEG fails on goes to Pillow, which decodes it or gives the reason threads would."""
         on_device = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, bytes)]
         for i, image in zip(on_device, self._decode_on_device([outcomes[i] for i in on_device])):
             outcomes[i] = self._resized(image) if image is not None else decode_files([paths[i]], self.size)[0]
@@ -224,6 +233,15 @@ class NvjpegDecoding:
         if not good:
             return [], None, failed
         torch = self.torch
+        if self.keep_on_device:
+            pixels = torch.empty((len(good), *self.size, 3), dtype=torch.uint8, device=self.device)
+            for row, (_, image) in enumerate(good):
+                if isinstance(image, np.ndarray):  # decoded by Pillow, on the host (copied if read-only)
+                    image = torch.from_numpy(np.require(image, requirements=["W"]))
+                pixels[row].copy_(image)
+            if self.stream is not None:
+                self.stream.synchronize()  # the consumer reads it on streams of its own
+            return [item for item, _ in good], pixels, failed
         pixels = self.host.take((len(good), *self.size, 3), np.uint8)
         # The pinned tensor under the array, so that each copy is a DMA that torch knows it may start asynchronously.
         target = pixels.base if isinstance(pixels.base, torch.Tensor) else torch.from_numpy(pixels)
@@ -237,7 +255,7 @@ class NvjpegDecoding:
         return [item for item, _ in good], pixels, failed
 
     def batches(self, source: Iterator[T], path_of: Callable[[T], str | Path],
-                failures: list | None) -> Iterator[tuple[list[T], np.ndarray]]:
+                failures: list | None) -> Iterator[tuple[list[T], np.ndarray | torch.Tensor]]:
         ready: queue.Queue = queue.Queue(maxsize=BATCHES_AHEAD)
         stop = threading.Event()
         end = object()

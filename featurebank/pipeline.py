@@ -26,6 +26,8 @@ from featurebank.index import FeatureStore
 from featurebank.scan import Sample, Skipped
 
 if TYPE_CHECKING:
+    import torch
+
     from featurebank.extraction import ExtractionPlan, Progress
 
 T = TypeVar("T")
@@ -181,7 +183,7 @@ def run_pipeline(
             except BaseException as exc:  # surfaced on the main thread
                 state["error"] = exc
 
-    def submit(images: np.ndarray) -> Pending:
+    def submit(images: np.ndarray | torch.Tensor) -> Pending:
         embedder = embed.get()  # the build is timed apart (build_seconds)
         with clock.timing("backbone"):
             started = embedder.submit(images)
@@ -195,8 +197,10 @@ def run_pipeline(
     writer_thread = threading.Thread(target=write_loop, name="featurebank-writer", daemon=True)
     writer_thread.start()
     try:
+        # nvJPEG's batches stay on the GPU for a backbone there (Embedder.submit copies them out for the others)
         batches = decoded_batches(work, lambda s: s.path, plan.input_size, batch_size=batch_size,
-                                  workers=decode_workers, failures=failures, decoder=decoder, priority=decode_priority)
+                                  workers=decode_workers, failures=failures, decoder=decoder, priority=decode_priority,
+                                  keep_on_device=decoder == "nvjpeg")
         for batch, embedded in in_flight(clock.iterate("decode", batches), submit):
             if state["error"] is not None:
                 break

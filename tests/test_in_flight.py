@@ -128,3 +128,37 @@ def test_keras_on_torch_embeds_through_pinned_copies_within_float16_rounding():
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     done = subprocess.run([sys.executable, "-c", KERAS_ON_TORCH], capture_output=True, text=True, env=env, timeout=300)
     assert done.stdout.split() == ["float16", "True", "True", "True", "True", "[4,", "4,", "3]"], done.stderr[-2000:]
+
+
+DEVICE_BATCHES = """
+import numpy as np
+import torch
+from featurebank.backbones import get_backbone
+from featurebank.embed import Embedder
+import keras
+function = get_backbone("resnet50").build("none", (96, 64), 4)
+rng = np.random.default_rng(0)
+batches = [rng.integers(0, 256, (n, 96, 64, 3), dtype=np.uint8) for n in (4, 3)]  # the last one padded
+embed = Embedder(function, dtype="float16")
+same = all(np.array_equal(embed(b).maps, embed(torch.from_numpy(b)).maps) and
+           np.array_equal(embed(b).pooled["max"], embed(torch.from_numpy(b)).pooled["max"]) for b in batches)
+in_place = "n/a"
+if keras.backend.backend() == "jax":  # the step's input is the tensor's own memory: nothing was copied
+    from featurebank.device import jax_input
+    tensor = torch.zeros((4, 96, 64, 3), dtype=torch.uint8)
+    in_place = jax_input(tensor).unsafe_buffer_pointer() == tensor.data_ptr()
+print(keras.backend.backend(), function.takes_device_batches, same, in_place)
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
+def test_keras_takes_a_torch_batch_on_jax_and_torch_and_a_host_copy_on_tensorflow(tmp_path, backend):
+    """nvJPEG's batches stay on the GPU as torch tensors: JAX reads them through DLPack, Keras on torch uses them,
+    Keras on TensorFlow gets them copied to the host (Embedder); every way, the features numpy gives."""
+    pytest.importorskip("torch", reason="needs torch (pip install -e .[offline] installs it)")
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", DEVICE_BATCHES], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    in_place = "True" if backend == "jax" else "n/a"
+    assert done.stdout.split()[-4:] == [backend, str(backend != "tensorflow"), "True", in_place]

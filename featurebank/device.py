@@ -256,7 +256,9 @@ def jax_input(images):
     if is_torch_tensor(images):
         import jax
 
-        return jax.dlpack.from_dlpack(images)
+        if not images.is_cuda or jax.default_backend() == "gpu":
+            return jax.dlpack.from_dlpack(images)
+        images = images.cpu().numpy()  # JAX without its GPU backend: the batch goes to the CPU it runs on
     return through_pinned_host(images)
 
 

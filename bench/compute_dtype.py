@@ -62,8 +62,7 @@ def measure(backbone: str, photos: list, repeats: int, tf32: bool = False) -> di
             avg["float32"], axis=1)
         prefix = "" if arithmetic == "bfloat16" else f"{arithmetic}_"  # bfloat16's keys as they were
         row.update({
-            f"{arithmetic}_speedup" if prefix else "speedup":
-                float(np.median(rates[arithmetic]) / np.median(rates["float32"])),
+            f"{prefix}speedup": float(np.median(rates[arithmetic]) / np.median(rates["float32"])),
             f"{prefix}maps_relative_l2": relative_l2(maps[arithmetic], maps["float32"]),
             f"{prefix}avg_relative_l2": relative_l2(avg[arithmetic], avg["float32"]),
             f"{prefix}avg_lowest_cosine": float(cosine.min()),

@@ -169,7 +169,7 @@ def start_profiler(path: Path) -> subprocess.Popen:
     Without pausing the process (``--nonblocking``) and without native frames: with them, py-spy
     pauses every thread at each sample, which slowed a Lite0 extraction tenfold on 2 cores.
     """
-    process = subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "--pid", str(os.getpid()), "--threads",
+    process = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--threads",
                                 "--idle", "--nonblocking", "--rate", "50", "--format", "raw", "--output", str(path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # py-spy attaches before the extraction starts

@@ -258,8 +258,7 @@ def jax_input(images):
 
         if not images.is_cuda or jax.default_backend() == "gpu":
             return jax.dlpack.from_dlpack(images)
-        images = images.cpu().numpy()  # JAX without its GPU backend: the batch goes to the CPU it runs on
-    return through_pinned_host(images)
+    return through_pinned_host(on_host(images))  # numpy, or JAX without its GPU backend: through the host
 
 
 def through_pinned_host(images: np.ndarray):

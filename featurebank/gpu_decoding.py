@@ -234,24 +234,17 @@ class NvjpegDecoding:
             return [], None, failed
         torch = self.torch
         if self.keep_on_device:
-            pixels = torch.empty((len(good), *self.size, 3), dtype=torch.uint8, device=self.device)
-            for row, (_, image) in enumerate(good):
-                if isinstance(image, np.ndarray):  # decoded by Pillow, on the host (copied if read-only)
-                    image = torch.from_numpy(np.require(image, requirements=["W"]))
-                pixels[row].copy_(image)
-            if self.stream is not None:
-                self.stream.synchronize()  # the consumer reads it on streams of its own
-            return [item for item, _ in good], pixels, failed
-        pixels = self.host.take((len(good), *self.size, 3), np.uint8)
-        # The pinned tensor under the array, so that each copy is a DMA that torch knows it may start asynchronously.
-        target = pixels.base if isinstance(pixels.base, torch.Tensor) else torch.from_numpy(pixels)
+            pixels = target = torch.empty((len(good), *self.size, 3), dtype=torch.uint8, device=self.device)
+        else:
+            pixels = self.host.take((len(good), *self.size, 3), np.uint8)
+            # The pinned tensor under the array: each copy is then a DMA that torch knows it may start asynchronously.
+            target = pixels.base if isinstance(pixels.base, torch.Tensor) else torch.from_numpy(pixels)
         for row, (_, image) in enumerate(good):
-            if isinstance(image, np.ndarray):  # decoded by Pillow on the host: it stays there
-                pixels[row] = image
-            else:
-                target[row].copy_(image, non_blocking=self.stream is not None)
+            if isinstance(image, np.ndarray):  # decoded by Pillow, on the host (copied if read-only)
+                image = torch.from_numpy(np.require(image, requirements=["W"]))
+            target[row].copy_(image, non_blocking=self.stream is not None)
         if self.stream is not None:
-            self.stream.synchronize()
+            self.stream.synchronize()  # the batch is whole, wherever the consumer reads it
         return [item for item, _ in good], pixels, failed
 
     def batches(self, source: Iterator[T], path_of: Callable[[T], str | Path],

@@ -202,7 +202,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
             err=True,
         )
         if report.stage_seconds:
-            click.echo(describe_stages(report.stage_seconds), err=True)
+            click.echo(describe_stages(report.stage_seconds, report.phase_seconds), err=True)
     if strict and report.skipped:
         sys.exit(1)
 

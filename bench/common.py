@@ -70,10 +70,26 @@ def allow_tf32(allowed: bool = True) -> None:
     """
     import contextlib
 
-    from featurebank import backbones, device, torch_backbones
+    from featurebank import device, keras_function, torch_backbones
 
     def libraries_default(backend: str, compute_dtype: str) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     arithmetic = libraries_default if allowed else device.float32_arithmetic
-    backbones.float32_arithmetic = torch_backbones.float32_arithmetic = arithmetic
+    keras_function.float32_arithmetic = torch_backbones.float32_arithmetic = arithmetic
+
+
+def skip_warm_up(skipped: bool = True) -> None:
+    """Extraction without its warm-up of the first call next to a GPU (``Embedder.warm_up`` a no-op): a probe.
+
+    Next to a GPU the engine pays the first call's tracing, compilation and set-up on the build
+    thread while the decoding pool starts (``featurebank.pipeline.LazyEmbedder``); this measures in
+    the same run what that overlap buys. For this process; ``skipped=False`` gives it back.
+    """
+    from featurebank.embed import Embedder
+
+    _ENGINE_WARM_UP.setdefault("method", Embedder.warm_up)
+    Embedder.warm_up = (lambda self, batch_size, input_size: None) if skipped else _ENGINE_WARM_UP["method"]
+
+
+_ENGINE_WARM_UP: dict = {}  # Embedder.warm_up as the engine has it, kept by skip_warm_up

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET, allow_tf32, in_series_img_s, pixel_difference
+from common import TRASHNET, allow_tf32, in_series_img_s, pixel_difference, skip_warm_up
 from PIL import Image
 
 import featurebank
@@ -203,6 +203,9 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true",
                         help="a probe: float32 convolutions as TF32 on an NVIDIA GPU, the libraries' default, not "
                              "the engine's IEEE float32 (bench/common.py)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="a probe: next to a GPU, extraction without its warm-up of the first call on the build "
+                             "thread (bench/common.py)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample every thread's Python stack (py-spy) during the extraction into this "
                              "file (collapsed stacks; bench/profile_summary.py reads it)")
@@ -218,6 +221,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="featurebank-gpu-"))
     if args.tf32:
         allow_tf32()
+    if args.no_warm_up:
+        skip_warm_up()
     sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size,
                          decode_workers=args.workers, decoder=args.decoder)
     configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
@@ -225,7 +230,7 @@ def main() -> None:
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
                      "store": args.store, "compute_dtype": args.compute_dtype, "decoder": sizes.decoder,
-                     "tf32": args.tf32, "profiled": args.profile is not None}
+                     "tf32": args.tf32, "warm_up": not args.no_warm_up, "profiled": args.profile is not None}
     print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:
@@ -295,6 +300,7 @@ def main() -> None:
         figures["extract_img_s_with_build"] = report.images_per_s
         figures["extract_steady_img_s"] = batches.steady_img_s()
         figures["extract_stage_seconds"] = report.stage_seconds
+        figures["extract_phase_seconds"] = report.phase_seconds
         limit = min(figures["forward_img_s"], figures["decode_img_s"], figures["write_img_s"])
         figures["extract_vs_limit"] = figures["extract_img_s"] / limit
         figures["in_series_img_s"] = in_series_img_s(figures)
@@ -307,7 +313,7 @@ def main() -> None:
               f"min(forward, decode, write); after its first batch (JIT compilation, pools starting) "
               f"{figures['extract_steady_img_s']:.1f} img/s = {figures['extract_steady_vs_limit']:.3f}; the three stages "
               f"one after another would give {figures['in_series_img_s']:.1f} img/s")
-        print(f"extract {describe_stages(report.stage_seconds)}, in {report.seconds - report.build_seconds:.1f} s")
+        print(f"extract {describe_stages(report.stage_seconds, report.phase_seconds)}, in {report.seconds - report.build_seconds:.1f} s")
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))

@@ -29,8 +29,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee
 STEPS=${STEPS:-probe,rows,arithmetic,vs-cpu}  # nvjpeg and parent answered their questions on 2026-11-28 (BENCHMARKS.md)
 step() { [[ ",$STEPS," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
 # Rows not run by default: resnet50-pooled, lite0-pretrained-zstd-bfloat16 and resnet50-float16-zstd (measured on
-# 2026-11-27 and -28, and their twins run), and resnet50-float16-none-tf32 (the arithmetic step times TF32 against
-# IEEE float32 more directly); ROWS='.*' runs every one
+# 2026-11-27 and -28, and their twins run), resnet50-float16-none-tf32 (the arithmetic step times TF32 against
+# IEEE float32 more directly) and resnet50-pooled-bfloat16-no-warm-up (resnet50-pooled-bfloat16 of 2026-11-28 ran
+# without the warm-up too); ROWS='.*' runs every one
 default_rows='resnet50-float16-none|resnet50-pooled-bfloat16-nvjpeg|lite0-pretrained-zstd-nvjpeg|lite0-pretrained-none'
 default_rows+='|lite0-pretrained-zstd|resnet50-pooled-bfloat16'
 ROWS=${ROWS:-$default_rows|.*-profiled}
@@ -61,6 +62,8 @@ run lite0-pretrained-none --backbone efficientnet-lite0 --weights imagenet --com
 run resnet50-pooled --backbone resnet50 --store pooled $later
 run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd $later
 run resnet50-pooled-bfloat16 --backbone resnet50 --store pooled --compute-dtype bfloat16 $later
+# A probe: the same without the first call's warm-up on the build thread (what that overlap buys; not by default)
+run resnet50-pooled-bfloat16-no-warm-up --backbone resnet50 --store pooled --compute-dtype bfloat16 --no-warm-up $later
 run lite0-pretrained-zstd-bfloat16 --backbone efficientnet-lite0 --weights imagenet --compression zstd \
   --compute-dtype bfloat16 $later
 run resnet50-float16-zstd --backbone resnet50 --compression zstd $later

@@ -5,7 +5,8 @@
 Reads the JSON files gpu_run.sh wrote (one per gpu_extract.py run) and prints, for each run, its
 forward, decode (threads, processes, nvJPEG), write and end-to-end img/s, the ratio to
 min(forward, decode, write), the rate its three stages would give one after another (1 / (1/forward + 1/decode +
-1/write): an extraction near it overlaps nothing), where the extraction's thread waited, and the issue's target for
+1/write): an extraction near it overlaps nothing), where the extraction's thread waited, how long after the
+engine's start its first batch was handed to the writer, and the issue's target for
 that run with met / missed. The
 end-to-end figure judged is the whole run's (model build excluded); the rate after the first
 batch is shown beside it.
@@ -42,6 +43,9 @@ TARGETS = {
     # a probe: the first row with float32 convolutions as TF32, the libraries' default, instead of the engine's IEEE
     # float32 (bench/common.allow_tf32)
     "resnet50-float16-none-tf32": ("uncompressed float16 maps, TF32 convolutions: reported", 0, None),
+    # a probe: the pooled bfloat16 row without the first call's warm-up on the build thread (bench/common.skip_warm_up)
+    "resnet50-pooled-bfloat16-no-warm-up": ("pooled vectors only, bfloat16 compute, first call not warmed up: "
+                                            "reported", 0, None),
 }
 
 
@@ -61,23 +65,29 @@ def waits(figures: dict) -> str:
             f"({stages['write']:.1f})")
 
 
+def first_batch(figures: dict) -> str:
+    """Seconds from the engine's start to its first batch handed to the writer; empty for runs made before it was kept."""
+    phases = figures.get("extract_phase_seconds") or {}
+    return "" if phases.get("first_batch") is None else f"{phases['first_batch']:.2f}"
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/gpu-out")
     device = (out / "device.txt").read_text().strip() if (out / "device.txt").is_file() else "(no nvidia-smi)"
     print(f"device: {device}")
     print("| run | forward | decode threads / processes / nvJPEG | write | extract (after 1st batch) | ratio "
-          "| in series | waits: decode, backbone, device, writer (writer busy), s | target | |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| in series | waits: decode, backbone, device, writer (writer busy), s | first batch, s | target | |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (target, floor, ratio) in TARGETS.items():
         path = out / f"{name}.json"
         if not path.is_file():
-            print(f"| {name} | | | | | | | | {target} | not run |")
+            print(f"| {name} | | | | | | | | | {target} | not run |")
             continue
         f = json.loads(path.read_text())
         decodes = " / ".join(f"{f[key]:.0f}" if key in f else "–"
                              for key in ("decode_threads_img_s", "decode_processes_img_s", "decode_nvjpeg_img_s"))
         print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {decodes} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
-              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series_img_s(f):.0f} | {waits(f)} | {target} | "
+              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series_img_s(f):.0f} | {waits(f)} | {first_batch(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
 
 

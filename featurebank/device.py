@@ -4,7 +4,7 @@ The embedding loop (``featurebank.embed.in_flight``) keeps one batch in flight: 
 k+1 before it waits for batch k, so the device computes while the host copies out, hands on and
 decodes. Feature functions return a ``Pending`` for that. ``PinnedCopies`` is how the PyTorch
 backbones and Keras on its torch backend move a batch in and its outputs out on CUDA; the
-``jax_*`` helpers and ``through_pinned_host`` do the same for Keras on JAX (the backbones.py
+``jax_*`` helpers and ``through_pinned_host`` do the same for Keras on JAX (the keras_function.py
 embed step). torch and jax are imported only by their users.
 """
 

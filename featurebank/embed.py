@@ -88,6 +88,16 @@ class Embedder:
     def __call__(self, images: np.ndarray) -> Embedded:
         return self.submit(images).result()
 
+    def warm_up(self, batch_size: int, input_size: tuple[int, int]) -> None:
+        """Embed one batch of black images of the run's shape and drop it: the first call's one-off costs, paid now.
+
+        At its first call for a batch shape a JIT backend traces its step and compiles it (or loads
+        it from the compilation cache), and a GPU library sets up its kernels: seconds on a GPU
+        where the forward pass itself takes milliseconds. Extraction calls this on the build
+        thread next to a GPU, so those seconds overlap the decoding pool's start.
+        """
+        self.submit(np.zeros((batch_size, *input_size, 3), np.uint8)).result()
+
 
 def in_flight(batches: Iterable[tuple[T, np.ndarray]], submit: Callable[[np.ndarray], Pending]
               ) -> Iterator[tuple[T, object]]:

@@ -52,6 +52,9 @@ class ExtractReport:
     nodes: int = 1  # machines whose processes committed shards in this run
     sizes: dict | None = None  # batch, decoding and compression threads the engine ran with (None: nothing to do)
     stage_seconds: dict | None = None  # where the local engine's time went (featurebank.pipeline.STAGES)
+    # in ``seconds``: scanning the folder and reading the cache ("plan"), from the local engine's start to its
+    # first batch handed to the writer ("first_batch"; None elsewhere), writing the index ("index")
+    phase_seconds: dict | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -64,6 +67,7 @@ class ExtractReport:
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2), "classes": self.classes,
             "build_seconds": round(self.build_seconds, 3), "engine": self.engine, "workers": self.workers,
             "nodes": self.nodes, "sizes": self.sizes, "stage_seconds": self.stage_seconds,
+            "phase_seconds": self.phase_seconds,
         }
 
 
@@ -244,6 +248,7 @@ def extract(
                            compute_dtype=compute_dtype, decoder=decoder, rebuild=rebuild,
                            rehash=rehash, verify=verify, exclude=exclude, warn=warn)
     feature_store, todo = plan.store, plan.todo
+    planned = time.perf_counter()
     if engine not in ENGINES:
         raise InvalidArgument(f"engine must be one of {', '.join(ENGINES)}; received {engine!r}")
     if engine == "ray" and decoder == "nvjpeg":
@@ -260,17 +265,21 @@ def extract(
                           lease_seconds=lease_seconds,
                           address=ray_address, progress=progress or Progress(), warn=warn)
             plan.skipped.extend(outcome["failures"])
+        indexing = time.perf_counter()
         images = plan.consolidate(warn, wrote=bool(todo))
     except OSError as exc:
         raise CacheError(f"{feature_store.cache_dir}: cannot write the cache: {describe_os_error(exc)}; "
                          "features committed before this are kept") from None
     new, build_seconds = outcome["new"], outcome.get("build_seconds", 0.0)
+    finished = time.perf_counter()
+    phases = {"plan": round(planned - started, 3), "first_batch": outcome.get("first_batch_seconds"),
+              "index": round(finished - indexing, 3)}
     return ExtractReport(
         cache_file=str(feature_store.index_path), backbone=plan.spec.name, key=feature_store.key, images=images,
         new=new, cached=images - new if images >= new else 0, skipped=plan.skipped,
-        seconds=time.perf_counter() - started, classes=plan.classes, build_seconds=build_seconds,
+        seconds=finished - started, classes=plan.classes, build_seconds=build_seconds,
         engine=engine, workers=outcome["workers"], nodes=outcome.get("nodes", 1), sizes=outcome.get("sizes"),
-        stage_seconds=outcome.get("stage_seconds"),
+        stage_seconds=outcome.get("stage_seconds"), phase_seconds=phases,
     )
 
 
@@ -291,8 +300,11 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
             and cpu_has_bfloat16() is False:
         warn(f"this CPU has no bfloat16 instructions ({', '.join(BFLOAT16_CPU_FLAGS[:2])}): --compute-dtype "
              "bfloat16 is emulated here and likely slower than float32")
+    # Next to a GPU the first call is warmed up on the build thread; on a CPU that forward pass would take
+    # as long as any batch's, and would only compete with the decoding of the first batch.
     embed = LazyEmbedder(lambda: Embedder.for_manifest(plan.store.manifest, weights=weights, batch_size=batch_size,
-                                                       spec=plan.spec))
+                                                       spec=plan.spec),
+                         warm_up=(lambda e: e.warm_up(batch_size, plan.input_size)) if sizes.accelerated else None)
     new, failures, clock = 0, [], StageClock()
     progress.start(len(todo))
     try:
@@ -308,7 +320,8 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     finally:
         progress.finish()
     return {"new": new, "failures": failures, "workers": 1, "build_seconds": embed.build_seconds,
-            "sizes": sizes.as_dict(), "stage_seconds": clock.as_dict()}
+            "sizes": sizes.as_dict(), "stage_seconds": clock.as_dict(),
+            "first_batch_seconds": None if clock.first_batch_seconds is None else round(clock.first_batch_seconds, 3)}
 
 
 def claimed_passes(todo: Sequence[Sample], claims: WorkClaims, store: FeatureStore, state: StoredState,

@@ -48,7 +48,14 @@ class StageClock:
 
     def __init__(self):
         self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.started = time.perf_counter()
+        self.first_batch_seconds: float | None = None  # from the clock's start to the first batch handed to the writer
         self._lock = threading.Lock()
+
+    def handed_on(self) -> None:
+        """A batch went to the writer; the first one's time is kept (what a run pays before its first features)."""
+        if self.first_batch_seconds is None:
+            self.first_batch_seconds = time.perf_counter() - self.started
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
@@ -81,11 +88,15 @@ class StageClock:
         return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
 
 
-def describe_stages(seconds: dict[str, float]) -> str:
-    """One line for people: where the engine's thread waited, and how busy the writer was."""
-    return (f"time: waited {seconds['decode']:.1f} s for decoding, {seconds['backbone']:.1f} s handing batches to "
+def describe_stages(seconds: dict[str, float], phases: dict[str, float | None] | None = None) -> str:
+    """One line for people: where the engine's thread waited, how busy the writer was, and the run's phases."""
+    line = (f"time: waited {seconds['decode']:.1f} s for decoding, {seconds['backbone']:.1f} s handing batches to "
             f"the backbone, {seconds['device']:.1f} s for the device, {seconds['writer']:.1f} s for the writer "
             f"(busy {seconds['write']:.1f} s; last commit {seconds['commit']:.1f} s)")
+    if phases and phases.get("first_batch") is not None:
+        line += (f"; scanning and reading the cache {phases['plan']:.1f} s, first batch "
+                 f"{phases['first_batch']:.1f} s after the engine started, index {phases['index']:.1f} s")
+    return line
 
 
 _END = object()
@@ -95,16 +106,24 @@ class LazyEmbedder:
     """Builds the embedder once there is work, on a thread of its own, then reuses it.
 
     ``start`` begins the build when a pipeline has its first file, so that loading the backbone
-    overlaps the decoding pool's start and first batch instead of following them (a JIT backend
-    still compiles its step at the first batch); a run with nothing to do never loads it. ``get`` waits for it.
-    ``build_seconds`` is how long the pipeline waited for the build.
+    overlaps the decoding pool's start and first batch instead of following them; a run with
+    nothing to do never loads it. ``warm_up``, when given, is called with the built embedder on
+    the same thread: on a GPU, where a forward pass of one batch takes milliseconds, the engine
+    uses it to make the first call (a JIT backend's tracing and compilation or their loading from
+    the compilation cache, cuDNN's set-up) overlap the decoding pool's start too, instead of
+    waiting for the first decoded batch. ``built`` waits for the build alone, and only that wait
+    is ``build_seconds``; ``get`` waits for the warm-up as well, a wait that is part of the run, as
+    the first call it replaces would have been.
     """
 
-    def __init__(self, build: Callable[[], Embedder]):
+    def __init__(self, build: Callable[[], Embedder], warm_up: Callable[[Embedder], None] | None = None):
         self.build = build
+        self.warm_up = warm_up
         self.embedder: Embedder | None = None
         self.build_seconds = 0.0
         self._building: threading.Thread | None = None
+        self._built = threading.Event()
+        self._ready = False
         self._error: BaseException | None = None
 
     def start(self) -> None:
@@ -115,20 +134,34 @@ class LazyEmbedder:
     def _build(self) -> None:
         try:
             self.embedder = self.build()
+            self._built.set()
+            if self.warm_up is not None:
+                self.warm_up(self.embedder)
         except BaseException as exc:  # raised by get(), on the pipeline's thread
             self._error = exc
+        finally:
+            self._built.set()
+
+    def built(self) -> None:
+        """Wait for the build (not its warm-up), adding the wait to ``build_seconds``."""
+        if not self._built.is_set():
+            started = time.perf_counter()
+            self.start()
+            self._built.wait()
+            self.build_seconds += time.perf_counter() - started
 
     def get(self) -> Embedder:
-        if self.embedder is None:
-            started = time.perf_counter()
+        """The embedder, built and warmed up; raises what the build or the warm-up raised."""
+        if not self._ready:
+            self.built()
             self.settle()
-            self.build_seconds += time.perf_counter() - started
             if self._error is not None:
                 raise self._error
+            self._ready = True
         return self.embedder
 
     def settle(self) -> None:
-        """Wait for a build in progress (no thread is left loading a backbone when a run ends)."""
+        """Wait for a build or warm-up in progress (no thread is left loading a backbone when a run ends)."""
         self.start()
         self._building.join()
 
@@ -184,9 +217,9 @@ def run_pipeline(
                 state["error"] = exc
 
     def submit(images: np.ndarray | torch.Tensor) -> Pending:
-        embedder = embed.get()  # the build is timed apart (build_seconds)
+        embed.built()  # timed apart (build_seconds); a warm-up still running is the backbone's time
         with clock.timing("backbone"):
-            started = embedder.submit(images)
+            started = embed.get().submit(images)
 
         def result():
             with clock.timing("device"):
@@ -206,6 +239,7 @@ def run_pipeline(
                 break
             with clock.timing("writer"):
                 writes.put((embedded, batch))
+            clock.handed_on()
             progress.advance(len(batch))
     finally:
         embed.settle()

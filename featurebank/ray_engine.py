@@ -56,9 +56,13 @@ def decode_rows(batch: dict, *, root: str, input_size: tuple[int, int]) -> dict:
 
 
 class EmbedActor:
-    """A Ray Data actor: builds the embedder once (on its GPU, if any) and embeds the decodable rows of each batch."""
+    """A Ray Data actor: builds the embedder once (on its GPU, if any) and embeds the decodable rows of each batch.
 
-    def __init__(self, manifest: dict, weights: str, batch_size: int, threads: int):
+    ``warm_up`` (actors on GPUs) pays the first call's one-off costs while the actor starts, as the
+    local engine does on its build thread (``Embedder.warm_up``), while Ray Data's tasks decode.
+    """
+
+    def __init__(self, manifest: dict, weights: str, batch_size: int, threads: int, warm_up: bool = False):
         from featurebank.embed import Embedder
 
         # Ray starts workers with OMP_NUM_THREADS=1; the backbone gets its share of the node's cores, as the
@@ -71,6 +75,8 @@ class EmbedActor:
         except ImportError:
             pass
         self.embedder = Embedder.for_manifest(manifest, weights=weights, batch_size=batch_size)
+        if warm_up:
+            self.embedder.warm_up(batch_size, tuple(manifest["input_size"]))
 
     def __call__(self, batch: dict) -> dict:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
@@ -206,7 +212,7 @@ def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: st
         data = data.map_batches(
             EmbedActor, batch_size=batch_size, batch_format="numpy", concurrency=actors,
             fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size,
-                                   "threads": threads},
+                                   "threads": threads, "warm_up": bool(gpus)},
             num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
             ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD", "max_restarts": -1, "max_task_retries": -1})
         sink = _shard_datasink(ray.data.Datasink)(plan.store, classes=plan.classes, compression=compression,

@@ -34,17 +34,22 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     assert abs(figures["extract_vs_limit"] - figures["extract_img_s"] / limit) < 1e-9
     assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given
     assert set(figures["extract_stage_seconds"]) == {"decode", "backbone", "device", "writer", "write", "commit"}
+    phases = figures["extract_phase_seconds"]  # parts of the run's seconds
+    assert set(phases) == {"plan", "first_batch", "index"} and figures["warm_up"] is True
+    assert 0 < phases["plan"] and 0 < phases["first_batch"] and 0 < phases["index"]
+    assert phases["plan"] + phases["first_batch"] + phases["index"] < 48 / figures["extract_img_s_with_build"]
     (tmp_path / "runs").mkdir()
     out.rename(tmp_path / "runs" / "lite0-pretrained-zstd.json")
     table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
                            text=True, timeout=60)
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
-    assert table.returncode == 0 and len(rows) == 1 + 10, table.stderr  # a header, then each run gpu_run.sh makes
+    assert table.returncode == 0 and len(rows) == 1 + 11, table.stderr  # a header, then each run gpu_run.sh makes
     assert rows[1].endswith("not run |") and rows[4].endswith("| missed |")  # a CPU does not make 3000 img/s
     assert " / 0 | " in rows[4]  # its nvJPEG decode column: not run here
     assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 and nvJPEG runs, the probes
     series = 1 / (1 / figures["forward_img_s"] + 1 / figures["decode_img_s"] + 1 / figures["write_img_s"])
     assert abs(figures["in_series_img_s"] - series) < 1e-9 and f" | {series:.0f} | " in rows[4]
+    assert f" | {phases['first_batch']:.2f} | " in rows[4]
 
 
 def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, make_images):

@@ -162,3 +162,32 @@ def test_keras_takes_a_torch_batch_on_jax_and_torch_and_a_host_copy_on_tensorflo
     assert done.returncode == 0, done.stderr[-2000:]
     in_place = "True" if backend == "jax" else "n/a"
     assert done.stdout.split()[-4:] == [backend, str(backend != "tensorflow"), "True", in_place]
+
+
+WARM_UP = """
+import numpy as np
+import torch
+from featurebank.backbones import get_backbone
+from featurebank.embed import Embedder
+function = get_backbone("resnet50").build("none", (96, 64), 4)
+embed = Embedder(function, dtype="float16")
+embed.warm_up(4, (96, 64))
+model, traces = function._embed_model("float16"), []
+call = model.stateless_call  # the jitted step calls it when it is traced, and only then
+model.stateless_call = lambda *args, **kwargs: traces.append(1) or call(*args, **kwargs)
+batch = np.random.default_rng(0).integers(0, 256, (4, 96, 64, 3), dtype=np.uint8)
+embed(batch), embed(torch.from_numpy(batch)), embed(batch[:3])  # numpy, nvJPEG's kind of batch, the last one padded
+after_warm_up = len(traces)
+Embedder(function, dtype="float16", keep_maps=False)(batch)  # a step not warmed up: traced at its first call
+print(after_warm_up, len(traces))
+"""
+
+
+def test_after_the_warm_up_keras_on_jax_runs_every_batch_of_a_run_without_tracing_again(tmp_path):
+    """The warm-up's batch of zeros leaves the very step extraction runs compiled: host batches, torch tensors
+    (nvJPEG's) and the padded last batch run it as it is."""
+    pytest.importorskip("torch", reason="needs torch (pip install -e .[offline] installs it)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", WARM_UP], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["0", "1"]

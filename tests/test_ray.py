@@ -96,3 +96,19 @@ def test_a_killed_ray_worker_still_ends_in_a_complete_cache(tmp_path, make_image
     np.testing.assert_array_equal(fb.X, expected.X)
     report = json.loads(out) if run.returncode == 0 else None
     assert report is None or report["engine"] == "ray"
+
+
+def test_a_ray_actor_on_a_gpu_warms_up_its_first_call_as_it_starts(monkeypatch):
+    """run_ray asks actors on GPUs for the local engine's warm-up (Embedder.warm_up), of the run's batch shape."""
+    from featurebank.backbones import get_backbone
+    from featurebank.embed import Embedder
+    from featurebank.extraction import resolve_manifest
+    from featurebank.ray_engine import EmbedActor
+
+    calls = []
+    monkeypatch.setattr(Embedder, "warm_up", lambda self, batch, size: calls.append((batch, size)))
+    manifest = resolve_manifest(get_backbone("rgb-stats"), weights="none", input_size=(64, 48), dtype="float16")
+    EmbedActor(manifest, "none", 4, 1)
+    assert calls == []
+    EmbedActor(manifest, "none", 4, 1, warm_up=True)
+    assert calls == [(4, (64, 48))]

@@ -88,6 +88,26 @@ def on_host(images) -> np.ndarray:
     return images.cpu().numpy() if is_torch_tensor(images) else images
 
 
+def padded_batch(images, batch_size: int):
+    """``images`` with black images appended up to ``batch_size`` (numpy, or a torch tensor on its device).
+
+    Feature functions run every batch at their one batch size: a JIT backend then compiles one
+    step, and an image's features never depend on the size of the batch it fell in (CPU and GPU
+    convolution libraries pick their algorithm by shape, and different algorithms round
+    differently), so a run's last batch gives the bits a full batch would.
+    """
+    missing = batch_size - len(images)
+    if missing <= 0:
+        return images
+    if is_torch_tensor(images):
+        import torch
+
+        if images.is_cuda:  # read on this thread's stream: not reused by the decoder's before that read ran
+            images.record_stream(torch.cuda.current_stream(images.device))
+        return torch.cat([images, images.new_zeros((missing, *images.shape[1:]))])
+    return np.concatenate([images, np.zeros((missing, *images.shape[1:]), dtype=images.dtype)])
+
+
 def pinned_array(torch, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A numpy array over pinned (page-locked) host memory, whose copies to and from a CUDA GPU are DMAs.
 

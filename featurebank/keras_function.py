@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from featurebank.device import (Pending, PinnedCopies, float32_arithmetic, is_torch_tensor, jax_input,
-                                jax_pinned_host_maps, use_jax_compilation_cache)
+from featurebank.device import (Pending, PinnedCopies, float32_arithmetic, jax_input, jax_pinned_host_maps,
+                                padded_batch, use_jax_compilation_cache)
 
 if TYPE_CHECKING:
     import torch
@@ -55,17 +55,7 @@ class KerasFeatureFunction:
         return import_keras().backend.backend() in ("jax", "torch")
 
     def _padded(self, images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        missing = self.batch_size - len(images)
-        if missing <= 0:
-            return images
-        if is_torch_tensor(images):
-            import torch
-
-            if images.is_cuda:  # read on this thread's stream: not reused by the decoder's before that read ran
-                images.record_stream(torch.cuda.current_stream(images.device))
-            return torch.cat([images, images.new_zeros((missing, *images.shape[1:]))])
-        pad = np.zeros((missing, *images.shape[1:]), dtype=images.dtype)
-        return np.concatenate([images, pad])
+        return padded_batch(images, self.batch_size)
 
     def _arithmetic(self, backend: str):
         return float32_arithmetic(backend, self.compute_dtype)

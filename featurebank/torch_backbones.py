@@ -13,7 +13,7 @@ import numpy as np
 
 from featurebank.backbones import Backbone, FeatureFunction, file_sha256, register
 from featurebank.cache import STAGES
-from featurebank.device import Pending, PinnedCopies, float32_arithmetic
+from featurebank.device import Pending, PinnedCopies, float32_arithmetic, padded_batch
 from featurebank.errors import WeightsError
 
 if TYPE_CHECKING:
@@ -46,11 +46,13 @@ class TorchFeatureFunction:
     weights); the normalisation before it and the pooling after it stay float32. ``'float32'`` runs
     it in IEEE float32, not TF32 (``float32_arithmetic``). A batch may also be a uint8 torch
     tensor already on the device (nvJPEG's, ``takes_device_batches``): no copy through the host.
+    A batch shorter than ``batch_size`` is padded to it on the way in and cut back on the device
+    (``padded_batch``): an image's features do not depend on the size of the batch it fell in.
     """
 
     takes_device_batches = True
 
-    def __init__(self, model, *, mean: float, std: float, stage_layers: tuple[str, ...] = (),
+    def __init__(self, model, *, mean: float, std: float, batch_size: int, stage_layers: tuple[str, ...] = (),
                  compute_dtype: str = "float32"):
         import torch
 
@@ -58,6 +60,7 @@ class TorchFeatureFunction:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.mean, self.std = mean, std
+        self.batch_size = batch_size
         self.compute_dtype = compute_dtype
         self.autocast = compute_dtype != "float32"
         self.stage_layers = tuple(stage_layers)
@@ -69,10 +72,10 @@ class TorchFeatureFunction:
 
     def _record_stage(self, module, inputs, output) -> None:
         if self._stage_means is not None:
-            self._stage_means.append(output.float().mean(dim=(2, 3)))
+            self._stage_means.append(output.float().mean(dim=(2, 3)))  # of the padded batch, cut back later
 
     def _forward(self, images: np.ndarray | torch.Tensor, slot):
-        x = self.copies.to_device(images, slot)
+        x = self.copies.to_device(padded_batch(images, self.batch_size), slot)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
         with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.autocast), \
                 float32_arithmetic("torch", self.compute_dtype):
@@ -82,7 +85,7 @@ class TorchFeatureFunction:
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         with self.torch.inference_mode():
             slot = self.copies.take_slot()
-            maps = self._forward(images, slot).float().contiguous()
+            maps = self._forward(images, slot)[: len(images)].float().contiguous()
             return self.copies.copy_out({"maps": maps}, slot).result()["maps"]
 
     def submit(self, images: np.ndarray | torch.Tensor, dtype, *, stages: bool = False, maps: bool = True
@@ -96,10 +99,11 @@ class TorchFeatureFunction:
             slot = self.copies.take_slot()
             self._stage_means = [] if stages else None
             try:
-                features = self._forward(images, slot).float()
+                count = len(images)
+                features = self._forward(images, slot)[:count].float()
                 outputs = {"avg": features.mean(dim=(1, 2)), "max": features.amax(dim=(1, 2))}
                 if stages:
-                    outputs[STAGES] = torch.cat(self._stage_means, dim=1)
+                    outputs[STAGES] = torch.cat(self._stage_means, dim=1)[:count]
             finally:
                 self._stage_means = None
             if maps:
@@ -143,7 +147,8 @@ def _lite_builder(variant: str, package: str, sha256: str):
                 raise WeightsError(f"{path}: cannot load as {variant} weights: {exc}") from None
             if [k for k in missing if not k.startswith("_fc")]:
                 raise WeightsError(f"{path}: not {variant} weights (missing {missing[:3]}...)")
-        return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD, compute_dtype=compute_dtype,
+        return TorchFeatureFunction(model, mean=LITE_MEAN, std=LITE_STD, batch_size=batch_size,
+                                    compute_dtype=compute_dtype,
                                     stage_layers=tuple(layer for layer, _ in LITE_STAGES[variant]))
 
     return build, packaged_weights

@@ -123,16 +123,30 @@ def compression_options(compression: str) -> dict:
 ZSTD_LEVEL = 1  # faster and no larger than level 3 on dense and on sparse maps (bench/zstd_levels.py, BENCHMARKS.md)
 
 
-def zstd_frames(rows: np.ndarray) -> list[bytes]:
-    """One zstd frame per row of C-contiguous ``rows``, compressed on a pool of threads (zstd releases the GIL).
+def zstd_frames(rows: np.ndarray) -> list:
+    """One zstd frame per row of C-contiguous ``rows`` (bytes-like objects), compressed on the array pool's threads.
 
     The frames are exactly what HDF5's zstd filter (id 32015, which ``hdf5plugin`` registers)
     stores for a chunk, so they go in with ``write_direct_chunk`` and any h5py reader that
-    imports hdf5plugin reads them back, bit for bit.
+    imports hdf5plugin reads them back, bit for bit. A batch is compressed in one call
+    (``multi_compress_to_buffer``) on zstd's own threads, started from a thread of the array pool
+    so that they run at its priority: the GIL is released once per batch. Compressing each row as
+    a task of its own took the GIL at every row, and a Python-heavy thread beside them (PyTorch's
+    eager forward launching its kernels) then starved those tasks (BENCHMARKS.md,
+    ``bench/compression_gil.py``). Builds of zstandard without that call (linked to a system
+    libzstd) compress row by row on the pool.
     """
     if len(rows) < 2:  # rows are C-contiguous: zstd reads each through the buffer protocol, with no copy first
         return [_compressor().compress(row) for row in rows]
-    return list(_array_pool().map(lambda row: _compressor().compress(row), rows))
+    pool = _array_pool()
+    if not hasattr(_compressor(), "multi_compress_to_buffer"):
+        return list(pool.map(lambda row: _compressor().compress(row), rows))
+    return pool.submit(_batch_frames, rows, _POOL_SETTINGS[0]).result()
+
+
+def _batch_frames(rows: np.ndarray, threads: int) -> list:
+    frames = _compressor().multi_compress_to_buffer(list(rows), threads=threads)
+    return [frames[i] for i in range(len(frames))]  # each keeps the buffer it points into alive
 
 
 _POOL = None
@@ -303,7 +317,7 @@ class ShardWriter:
                 ds = self._file["features"]
                 ds.resize(n + take, axis=0)
                 rows = np.ascontiguousarray(maps[part], dtype=self.dtype)
-                if self.compression == "zstd":  # compressed on a pool of threads, one chunk (image) each
+                if self.compression == "zstd":  # compressed on the pool's threads, one chunk (image) each
                     for row, frame in enumerate(zstd_frames(rows)):
                         ds.id.write_direct_chunk((n + row, *([0] * len(self.feature_shape))), frame)
                 else:

@@ -219,3 +219,15 @@ def test_profile_summary_adds_up_threads_and_where_the_engine_thread_ended(tmp_p
     assert lines[1] == "MainThread: 40 samples; where they ended:"
     assert lines[2].split() == ["75.0%", "submit", "(device.py:103)", ">", "__memmove_avx_unaligned"]
     assert lines[3].split() == ["25.0%", "fetch", "(device.py:131)", ">", "take_gil"]
+
+
+def test_compression_gil_runs_its_three_ways(tmp_path):
+    """bench/compression_gil.py at a tiny setting: each way ran, and the batch way gave per-row's frames (it asserts)."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the offline extra")
+    out = tmp_path / "gil.json"
+    done = subprocess.run([sys.executable, "compression_gil.py", "--seconds", "0.3", "--repeats", "1", "--json", str(out)],
+                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    medians = json.loads(out.read_text())["medians"]
+    assert medians["none"]["batches_per_s"] == 0 and min(m["forwards_per_s"] for m in medians.values()) > 0
+    assert medians["per-row"]["batches_per_s"] > 0 and medians["batch"]["batches_per_s"] > 0

@@ -171,6 +171,41 @@ def test_zstd_written_on_threads_equals_uncompressed_and_plain_h5py_reads_it(sma
     assert done.stdout.split() == ["['32015']", "1", "True"], done.stderr
 
 
+def test_a_batch_is_compressed_in_one_pool_task_into_the_frames_row_by_row_compression_gives(monkeypatch):
+    """zstd_frames hands the pool one task per batch (zstd's own threads inside it: the GIL taken once, not per row),
+    and its frames are those of compressing each row alone; so are a build's without multi_compress_to_buffer."""
+    import zstandard
+
+    from featurebank import cache
+
+    rng = np.random.default_rng(0)
+    rows = (np.maximum(rng.standard_normal((8, 12, 1280)), 0) * (rng.random((8, 12, 1280)) < 0.1)).astype(np.float16)
+    rows = rows.reshape(8, -1)
+    expected = [zstandard.ZstdCompressor(level=cache.ZSTD_LEVEL).compress(row) for row in rows]
+    pool, tasks = cache._array_pool(), []
+
+    class CountingPool:
+        def submit(self, *args):
+            tasks.append("submit")
+            return pool.submit(*args)
+
+        def map(self, function, items):
+            items = list(items)
+            tasks.extend(["map"] * len(items))
+            return pool.map(function, items)
+
+    monkeypatch.setattr(cache, "_array_pool", CountingPool)
+    assert [bytes(frame) for frame in cache.zstd_frames(rows)] == expected and tasks == ["submit"]
+
+    class RowByRow:  # zstandard linked to a system libzstd: no multi_compress_to_buffer
+        def __init__(self):  # a compressor each (they are not thread-safe)
+            self.compress = zstandard.ZstdCompressor(level=cache.ZSTD_LEVEL).compress
+
+    tasks.clear()
+    monkeypatch.setattr(cache, "_compressor", RowByRow)
+    assert [bytes(frame) for frame in cache.zstd_frames(rows)] == expected and tasks == ["map"] * 8
+
+
 @pytest.mark.parametrize("backbone", ["efficientnet-lite0", "resnet50"])
 def test_float16_cast_on_the_device_stays_within_float16_rounding(backbone):
     """The PyTorch and Keras backbones cast to the stored dtype and pool where the model runs: the

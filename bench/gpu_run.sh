@@ -4,7 +4,7 @@
 # (439 s on an H200 on 2026-11-28, the machine's start not counted, for the host probe, eight rows, two
 # device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now by default eight rows (two of them under py-spy),
 # compute_dtype.py for both backbones and four device_vs_cpu.py runs, without the last two: ~500 s expected, not run
-# yet; BENCHMARKS.md has the figures)
+# yet; each row's JSON now also has the run's phases, extract_phase_seconds; BENCHMARKS.md has the figures)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).

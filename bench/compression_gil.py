@@ -9,7 +9,8 @@ as sparse as pretrained Lite0's (16×12×1280, ~6% non-zero) on an array pool of
 the two threads have a core each and compete for the GIL only. Three ways, alternated so that
 drift cancels:
   none     the writer idle: the engine thread alone
-  per-row  each row a task of its own on the pool, as featurebank compressed before 2026-11-28
+  per-row  each row a task of its own on the pool (featurebank.cache.zstd_frames_row_by_row), as featurebank
+           compressed before 2026-11-28 and still does where zstandard lacks the batch call
   batch    featurebank.cache.zstd_frames: the batch in one multi_compress_to_buffer call
 and prints the engine thread's forwards/s and the writer's compressed batches/s (medians), each
 against the engine thread alone and against per-row.
@@ -38,14 +39,9 @@ def sparse_maps(rows: int = 128, shape: tuple[int, ...] = (16, 12, 1280), nonzer
     return np.ascontiguousarray(values.astype(np.float16).reshape(rows, -1))
 
 
-def per_row_frames(rows: np.ndarray) -> list:
-    """The previous way: one pool task per row (each takes the GIL around its compress call)."""
-    return list(cache._array_pool().map(lambda row: cache._compressor().compress(row), rows))
-
-
 def one_run(mode: str, embed: Embedder, pixels: np.ndarray, maps: np.ndarray, seconds: float) -> dict:
     stop, batches = threading.Event(), [0]
-    compress = {"per-row": per_row_frames, "batch": cache.zstd_frames}.get(mode)
+    compress = {"per-row": cache.zstd_frames_row_by_row, "batch": cache.zstd_frames}.get(mode)
 
     def writer() -> None:
         while not stop.is_set():
@@ -82,7 +78,7 @@ def main() -> None:
     embed = Embedder(get_backbone("efficientnet-lite0").build("none", (args.size, args.size), 4), dtype="float16")
     pixels = np.zeros((4, args.size, args.size, 3), np.uint8)
     maps = sparse_maps()
-    assert [bytes(f) for f in cache.zstd_frames(maps)] == per_row_frames(maps)  # the same frames either way
+    assert [bytes(f) for f in cache.zstd_frames(maps)] == cache.zstd_frames_row_by_row(maps)  # the same frames
     embed(pixels)
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for _ in range(args.repeats):

@@ -6,7 +6,8 @@ Reads the JSON files gpu_run.sh wrote (one per gpu_extract.py run) and prints, f
 forward, decode (threads, processes, nvJPEG), write and end-to-end img/s, the ratio to
 min(forward, decode, write), the rate its three stages would give one after another (1 / (1/forward + 1/decode +
 1/write): an extraction near it overlaps nothing), where the extraction's thread waited, how long after the
-engine's start its first batch was handed to the writer, and the issue's target for
+engine's start its first batch was handed to the writer, how many seconds the whole run took beyond what its
+images after the first batch take at the rate after it (its fixed costs), and the issue's target for
 that run with met / missed. The
 end-to-end figure judged is the whole run's (model build excluded); the rate after the first
 batch is shown beside it.
@@ -71,23 +72,31 @@ def first_batch(figures: dict) -> str:
     return "" if phases.get("first_batch") is None else f"{phases['first_batch']:.2f}"
 
 
+def beyond_steady(figures: dict) -> str:
+    """Seconds the whole run took beyond its images after the first batch at the rate after it: its fixed costs."""
+    images, batch = figures["distinct_files"], figures["sizes"]["batch_size"]
+    return f"{images / figures['extract_img_s'] - (images - batch) / figures['extract_steady_img_s']:.2f}"
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/gpu-out")
     device = (out / "device.txt").read_text().strip() if (out / "device.txt").is_file() else "(no nvidia-smi)"
     print(f"device: {device}")
     print("| run | forward | decode threads / processes / nvJPEG | write | extract (after 1st batch) | ratio "
-          "| in series | waits: decode, backbone, device, writer (writer busy), s | first batch, s | target | |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| in series | waits: decode, backbone, device, writer (writer busy), s | first batch, s | beyond the steady rate, s "
+          "| target | |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (target, floor, ratio) in TARGETS.items():
         path = out / f"{name}.json"
         if not path.is_file():
-            print(f"| {name} | | | | | | | | | {target} | not run |")
+            print(f"| {name} | | | | | | | | | | {target} | not run |")
             continue
         f = json.loads(path.read_text())
         decodes = " / ".join(f"{f[key]:.0f}" if key in f else "–"
                              for key in ("decode_threads_img_s", "decode_processes_img_s", "decode_nvjpeg_img_s"))
         print(f"| {name} ({f['device']}) | {f['forward_img_s']:.0f} | {decodes} | {f['write_img_s']:.0f} | {f['extract_img_s']:.0f} "
-              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series_img_s(f):.0f} | {waits(f)} | {first_batch(f)} | {target} | "
+              f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series_img_s(f):.0f} | {waits(f)} | {first_batch(f)} | "
+              f"{beyond_steady(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
 
 

@@ -138,10 +138,14 @@ def zstd_frames(rows: np.ndarray) -> list:
     """
     if len(rows) < 2:  # rows are C-contiguous: zstd reads each through the buffer protocol, with no copy first
         return [_compressor().compress(row) for row in rows]
-    pool = _array_pool()
     if not hasattr(_compressor(), "multi_compress_to_buffer"):
-        return list(pool.map(lambda row: _compressor().compress(row), rows))
-    return pool.submit(_batch_frames, rows, _POOL_SETTINGS[0]).result()
+        return zstd_frames_row_by_row(rows)
+    return _array_pool().submit(_batch_frames, rows, _POOL_SETTINGS[0]).result()
+
+
+def zstd_frames_row_by_row(rows: np.ndarray) -> list[bytes]:
+    """``zstd_frames`` as one pool task per row (the GIL taken at each): for zstandard builds without the batch call."""
+    return list(_array_pool().map(lambda row: _compressor().compress(row), rows))
 
 
 def _batch_frames(rows: np.ndarray, threads: int) -> list:

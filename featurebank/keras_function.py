@@ -54,9 +54,6 @@ class KerasFeatureFunction:
 
         return import_keras().backend.backend() in ("jax", "torch")
 
-    def _padded(self, images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        return padded_batch(images, self.batch_size)
-
     def _arithmetic(self, backend: str):
         return float32_arithmetic(backend, self.compute_dtype)
 
@@ -64,7 +61,7 @@ class KerasFeatureFunction:
         from featurebank.quiet import import_keras
 
         with self._arithmetic(import_keras().backend.backend()):
-            maps = self.model.predict_on_batch(self._padded(images))
+            maps = self.model.predict_on_batch(padded_batch(images, self.batch_size))
         return np.asarray(maps, dtype=np.float32)[: len(images)]
 
     def _embed_model(self, name: str):
@@ -108,11 +105,11 @@ class KerasFeatureFunction:
         name, count = np.dtype(dtype).name, len(images)
         backend = import_keras().backend.backend()
         if backend == "torch":
-            copying = self._submit_on_torch(name, self._padded(images), maps)
+            copying = self._submit_on_torch(name, padded_batch(images, self.batch_size), maps)
             names = ("maps", "avg", "max") if maps else ("avg", "max")
             return Pending(lambda: self._unpack([copying.result()[n] for n in names], count, maps), ready=copying.ready)
         if backend == "jax":
-            padded = self._padded(images)
+            padded = padded_batch(images, self.batch_size)
             with self._arithmetic(backend):
                 outputs = self._jax_step(name, maps)(jax_input(padded))
             for output in outputs:
@@ -123,7 +120,7 @@ class KerasFeatureFunction:
 
             return Pending(fetch)
         with self._arithmetic(backend):
-            outputs = self._embed_model(name).predict_on_batch(self._padded(images))
+            outputs = self._embed_model(name).predict_on_batch(padded_batch(images, self.batch_size))
         return Pending.done(self._unpack(outputs if maps else outputs[1:], count, maps))
 
     def _submit_on_torch(self, name: str, images: np.ndarray | torch.Tensor, maps: bool) -> Pending:

@@ -50,6 +50,8 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     series = 1 / (1 / figures["forward_img_s"] + 1 / figures["decode_img_s"] + 1 / figures["write_img_s"])
     assert abs(figures["in_series_img_s"] - series) < 1e-9 and f" | {series:.0f} | " in rows[4]
     assert f" | {phases['first_batch']:.2f} | " in rows[4]
+    beyond = 48 / figures["extract_img_s"] - (48 - 8) / figures["extract_steady_img_s"]  # the whole run's fixed costs
+    assert f" | {phases['first_batch']:.2f} | {beyond:.2f} | " in rows[4]
 
 
 def test_device_vs_cpu_compares_with_a_child_that_sees_no_accelerator(tmp_path, make_images):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 TRASHNET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "trashnet"
@@ -60,6 +63,48 @@ def machine() -> str:
             f"keras {keras.__version__} ({keras.backend.backend()} backend)")
 
 
+def launching_engine(size: int = 32) -> Callable[[float], float]:
+    """A CPU's stand-in for the engine's thread next to a GPU: ``run(seconds)`` → forwards/s.
+
+    PyTorch's eager forward of EfficientNet-Lite0 (random weights) on a batch of 4 tiny images with
+    one torch thread, through the engine's embed path: its time goes to launching operators from
+    Python, as the engine's thread spends it next to a GPU. Sets this process to one torch thread.
+    """
+    import numpy as np
+    import torch
+
+    from featurebank.backbones import get_backbone
+    from featurebank.embed import Embedder
+
+    torch.set_num_threads(1)
+    embed = Embedder(get_backbone("efficientnet-lite0").build("none", (size, size), 4), dtype="float16")
+    pixels = np.zeros((4, size, size, 3), np.uint8)
+    embed(pixels)
+
+    def run(seconds: float) -> float:
+        started, forwards = time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            embed(pixels)
+            forwards += 1
+        return forwards / (time.perf_counter() - started)
+
+    return run
+
+
+def alternated_medians(ways: tuple[str, ...], repeats: int, one_run: Callable[[str], dict]) -> tuple[dict, dict]:
+    """``one_run(way)`` ``repeats`` times per way, the ways alternated so that drift cancels: (medians, every run).
+
+    The medians are per way and per figure of ``one_run``'s dict.
+    """
+    runs: dict[str, list[dict]] = {way: [] for way in ways}
+    for _ in range(repeats):
+        for way in ways:
+            runs[way].append(one_run(way))
+    medians = {way: {key: statistics.median(r[key] for r in results) for key in results[0]}
+               for way, results in runs.items()}
+    return medians, runs
+
+
 def allow_tf32(allowed: bool = True) -> None:
     """Let the engine's float32 backbones run as TF32 on NVIDIA GPUs, the libraries' default there: a probe.
 
@@ -90,6 +135,18 @@ def skip_warm_up(skipped: bool = True) -> None:
 
     _ENGINE_WARM_UP.setdefault("method", Embedder.warm_up)
     Embedder.warm_up = (lambda self, batch_size, input_size: None) if skipped else _ENGINE_WARM_UP["method"]
+
+
+def helpers_at_normal_priority(normal: bool = True) -> None:
+    """Extraction with its decoders and compression threads at the process's own priority, not nice 10: a probe.
+
+    The engine lowers them on every device (``featurebank.extraction.HELPERS_PRIORITY``); next to a
+    GPU it did not before 2026-11-28's third session. This measures that choice in the same run on
+    the GPU. For this process; ``normal=False`` gives the engine's choice back.
+    """
+    from featurebank import extraction
+
+    extraction.HELPERS_PRIORITY = "normal" if normal else "low"
 
 
 _ENGINE_WARM_UP: dict = {}  # Embedder.warm_up as the engine has it, kept by skip_warm_up

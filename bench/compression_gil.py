@@ -2,9 +2,9 @@
 
     python bench/compression_gil.py [--seconds 5] [--repeats 3] [--size 32]
 
-The engine thread runs PyTorch's eager forward of EfficientNet-Lite0 (random weights) on tiny
-images with one torch thread, so it spends its time launching operators from Python, as it does
-next to a GPU. Beside it a writer thread compresses batches of 128 float16 maps shaped and
+The engine thread (``common.launching_engine``) runs PyTorch's eager forward of EfficientNet-Lite0
+(random weights) on tiny images with one torch thread, so it spends its time launching operators
+from Python, as it does next to a GPU. Beside it a writer thread compresses batches of 128 float16 maps shaped and
 as sparse as pretrained Lite0's (16×12×1280, ~6% non-zero) on an array pool of one thread, so
 the two threads have a core each and compete for the GIL only. Three ways, alternated so that
 drift cancels:
@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
+from common import alternated_medians, launching_engine
 
 from featurebank import cache
-from featurebank.backbones import get_backbone
-from featurebank.embed import Embedder
 
 MODES = ("none", "per-row", "batch")
 
@@ -39,28 +38,23 @@ def sparse_maps(rows: int = 128, shape: tuple[int, ...] = (16, 12, 1280), nonzer
     return np.ascontiguousarray(values.astype(np.float16).reshape(rows, -1))
 
 
-def one_run(mode: str, embed: Embedder, pixels: np.ndarray, maps: np.ndarray, seconds: float) -> dict:
+def one_run(mode: str, engine: Callable[[float], float], maps: np.ndarray, seconds: float) -> dict:
     stop, batches = threading.Event(), [0]
     compress = {"per-row": cache.zstd_frames_row_by_row, "batch": cache.zstd_frames}.get(mode)
 
     def writer() -> None:
-        while not stop.is_set():
-            if compress is None:
-                time.sleep(0.01)
-                continue
+        while compress is not None and not stop.is_set():
             compress(maps)
             batches[0] += 1
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    started, forwards = time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        embed(pixels)
-        forwards += 1
-    elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    forwards_per_s = engine(seconds)
+    compressed = batches[0] / (time.perf_counter() - started)
     stop.set()
     thread.join()
-    return {"forwards_per_s": forwards / elapsed, "batches_per_s": batches[0] / elapsed}
+    return {"forwards_per_s": forwards_per_s, "batches_per_s": compressed}
 
 
 def main() -> None:
@@ -71,21 +65,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="compression threads (1: a core each, no CPU contention on 2 cores)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
     cache.configure_array_pool(args.threads)
-    embed = Embedder(get_backbone("efficientnet-lite0").build("none", (args.size, args.size), 4), dtype="float16")
-    pixels = np.zeros((4, args.size, args.size, 3), np.uint8)
+    engine = launching_engine(args.size)
     maps = sparse_maps()
     assert [bytes(f) for f in cache.zstd_frames(maps)] == cache.zstd_frames_row_by_row(maps)  # the same frames
-    embed(pixels)
-    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    for _ in range(args.repeats):
-        for mode in MODES:
-            runs[mode].append(one_run(mode, embed, pixels, maps, args.seconds))
-    figures = {mode: {key: statistics.median(r[key] for r in results) for key in results[0]}
-               for mode, results in runs.items()}
+    figures, runs = alternated_medians(MODES, args.repeats, lambda mode: one_run(mode, engine, maps, args.seconds))
     alone = figures["none"]["forwards_per_s"]
     for mode in MODES:
         f = figures[mode]

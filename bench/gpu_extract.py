@@ -43,10 +43,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import TRASHNET, allow_tf32, in_series_img_s, pixel_difference, skip_warm_up
+from common import TRASHNET, allow_tf32, helpers_at_normal_priority, in_series_img_s, pixel_difference, skip_warm_up
 from PIL import Image
 
 import featurebank
+from featurebank import extraction
 from featurebank.embed import Embedder, in_flight
 from featurebank.errors import FeaturebankError
 from featurebank.extraction import Progress, resolve_manifest
@@ -206,6 +207,9 @@ def main() -> None:
     parser.add_argument("--no-warm-up", action="store_true",
                         help="a probe: next to a GPU, extraction without its warm-up of the first call on the build "
                              "thread (bench/common.py)")
+    parser.add_argument("--helpers-at-normal-priority", action="store_true",
+                        help="a probe: extraction's decoders and compression threads at the process's priority, not "
+                             "nice 10, as the engine ran them next to a GPU until 2026-11-28 (bench/common.py)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample every thread's Python stack (py-spy) during the extraction into this "
                              "file (collapsed stacks; bench/profile_summary.py reads it)")
@@ -223,14 +227,17 @@ def main() -> None:
         allow_tf32()
     if args.no_warm_up:
         skip_warm_up()
+    if args.helpers_at_normal_priority:
+        helpers_at_normal_priority()
     sizes = choose_sizes(spec.library, compression=args.compression, batch_size=args.batch_size,
                          decode_workers=args.workers, decoder=args.decoder)
-    configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
+    configure_array_pool(sizes.compression_workers, low_priority=extraction.HELPERS_PRIORITY == "low")
     args.batch_size = sizes.batch_size
     figures: dict = {"device": device_description(), "backbone": args.backbone, "input_size": list(size),
                      "sizes": sizes.as_dict(), "compression": args.compression, "dtype": args.dtype,
                      "store": args.store, "compute_dtype": args.compute_dtype, "decoder": sizes.decoder,
-                     "tf32": args.tf32, "warm_up": not args.no_warm_up, "profiled": args.profile is not None}
+                     "tf32": args.tf32, "warm_up": sizes.accelerated and not args.no_warm_up,
+                     "helpers_priority": extraction.HELPERS_PRIORITY, "profiled": args.profile is not None}
     print(f"engine: {sizes.describe()}")
     print(json.dumps(figures))
     try:
@@ -263,7 +270,7 @@ def main() -> None:
             try:
                 decoded = sum(len(batch) for batch, _ in decoded_batches(  # nvJPEG's stay on the GPU, as in extract
                     files, lambda p: p, size, batch_size=args.batch_size, workers=sizes.decode_workers, decoder=decoder,
-                    keep_on_device=decoder == "nvjpeg"))
+                    keep_on_device=decoder == "nvjpeg", priority=extraction.HELPERS_PRIORITY))
             except FeaturebankError as exc:  # too little shared memory for the processes' ring; nvjpeg without a GPU
                 figures[f"decode_{decoder}_img_s"], figures[f"decode_{decoder}_error"] = 0.0, str(exc)
                 continue

@@ -2,9 +2,10 @@
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=590)
 # (439 s on an H200 on 2026-11-28, the machine's start not counted, for the host probe, eight rows, two
-# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now by default eight rows (two of them under py-spy),
-# compute_dtype.py for both backbones and four device_vs_cpu.py runs, without the last two: ~500 s expected, not run
-# yet; each row's JSON now also has the run's phases, extract_phase_seconds; BENCHMARKS.md has the figures)
+# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now by default nine rows (two of them under py-spy),
+# compute_dtype.py for both backbones and four device_vs_cpu.py runs, without the last two: ~535 s expected, not run
+# yet; each row's JSON now also has the run's phases, extract_phase_seconds; BENCHMARKS.md has the figures. If time
+# runs out, the steps still to do run in a second call: STEPS=arithmetic,vs-cpu bash bench/gpu_run.sh)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
@@ -33,7 +34,7 @@ step() { [[ ",$STEPS," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a co
 # IEEE float32 more directly) and resnet50-pooled-bfloat16-no-warm-up (resnet50-pooled-bfloat16 of 2026-11-28 ran
 # without the warm-up too); ROWS='.*' runs every one
 default_rows='resnet50-float16-none|resnet50-pooled-bfloat16-nvjpeg|lite0-pretrained-zstd-nvjpeg|lite0-pretrained-none'
-default_rows+='|lite0-pretrained-zstd|resnet50-pooled-bfloat16'
+default_rows+='|lite0-pretrained-zstd|lite0-pretrained-zstd-helpers-normal|resnet50-pooled-bfloat16'
 ROWS=${ROWS:-$default_rows|.*-profiled}
 run() {  # name, then gpu_extract.py options; ROWS (a regular expression) picks the rows that run
   local name=$1; shift
@@ -61,6 +62,10 @@ run lite0-pretrained-zstd-nvjpeg --backbone efficientnet-lite0 --weights imagene
 run lite0-pretrained-none --backbone efficientnet-lite0 --weights imagenet --compression none $later
 run resnet50-pooled --backbone resnet50 --store pooled $later
 run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd $later
+# A probe: the same with the decoders and compression threads at normal priority, as before 2026-11-28's third
+# session; the engine now runs them at nice 10 next to a GPU too, so that they yield to its thread
+run lite0-pretrained-zstd-helpers-normal --backbone efficientnet-lite0 --weights imagenet --compression zstd \
+  --helpers-at-normal-priority $later
 run resnet50-pooled-bfloat16 --backbone resnet50 --store pooled --compute-dtype bfloat16 $later
 # A probe: the same without the first call's warm-up on the build thread (what that overlap buys; not by default)
 run resnet50-pooled-bfloat16-no-warm-up --backbone resnet50 --store pooled --compute-dtype bfloat16 --no-warm-up $later

@@ -44,6 +44,10 @@ TARGETS = {
     # a probe: the first row with float32 convolutions as TF32, the libraries' default, instead of the engine's IEEE
     # float32 (bench/common.allow_tf32)
     "resnet50-float16-none-tf32": ("uncompressed float16 maps, TF32 convolutions: reported", 0, None),
+    # a probe: Lite0's zstd row with the decoders and compression threads at the process's priority, as the engine
+    # ran them next to a GPU until 2026-11-28, not nice 10 (bench/common.helpers_at_normal_priority)
+    "lite0-pretrained-zstd-helpers-normal": ("compressed full maps, pretrained Lite0, helpers at normal priority: "
+                                             "reported", 0, None),
     # a probe: the pooled bfloat16 row without the first call's warm-up on the build thread (bench/common.skip_warm_up)
     "resnet50-pooled-bfloat16-no-warm-up": ("pooled vectors only, bfloat16 compute, first call not warmed up: "
                                             "reported", 0, None),

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from featurebank.buffers import RecycledArrays
-from featurebank.errors import FeaturebankError, InvalidArgument
+from featurebank.errors import FeaturebankError
 from featurebank.images import ImageDecodeError, decode_failure, load_image, lower_thread_priority
 from featurebank.sizing import SHARED_MEMORY, check_decoder, default_decode_workers, shared_memory_free
 
@@ -92,8 +92,7 @@ _SLOTS: np.ndarray | None = None  # in a decoding process: the ring, (batches, b
 def _attach_ring(path: str, ring_shape: tuple[int, ...], low_priority: bool) -> None:
     global _SLOTS
     if low_priority:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, 10)
+        lower_thread_priority()  # the process's one thread, which runs its tasks
     _SLOTS = np.memmap(path, np.uint8, mode="r+", shape=ring_shape).view(np.ndarray)
 
 

@@ -31,6 +31,11 @@ from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
 from featurebank.stored_state import StoredState
 
 ENGINES = ("local", "ray")
+# The decoders and the compression threads run at low OS priority (featurebank.images.HELPER_NICE) on every
+# device: on a CPU they yield the cores to the backbone's compute threads; next to a GPU, to the engine's
+# thread, which launches the backbone's work from Python and hands batches on (bench/decoder_priority.py).
+# 'normal' is there for gpu_extract.py's probe of the other way (--helpers-at-normal-priority).
+HELPERS_PRIORITY = "low"
 
 
 @dataclass
@@ -291,7 +296,7 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     progress = progress or Progress()
     sizes = choose_sizes(plan.spec.library, compression=compression, batch_size=batch_size,
                          decode_workers=decode_workers, decoder=decoder)
-    configure_array_pool(sizes.compression_workers, low_priority=not sizes.accelerated)
+    configure_array_pool(sizes.compression_workers, low_priority=HELPERS_PRIORITY == "low")
     if sizes.decoder == "nvjpeg":  # imported here, before the backbone's build may load TensorFlow on another thread
         sizes = replace(sizes, jpeg_library=import_jpeg_library().name)
     batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
@@ -313,7 +318,7 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
                 stored, failed = run_pipeline(work, embed=embed, store=plan.store, plan=plan, batch_size=batch_size,
                                               compression=compression, shard_size=shard_size,
                                               decode_workers=decode_workers, decoder=sizes.decoder,
-                                              decode_priority="normal" if sizes.accelerated else "low",
+                                              decode_priority=HELPERS_PRIORITY,
                                               progress=progress, clock=clock)
                 new += stored
                 failures += failed

@@ -70,15 +70,20 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
         raise ImageDecodeError(f"cannot decode image: {reason}") from None
 
 
-def lower_thread_priority() -> None:
-    """Let the calling helper thread yield the CPU to the forward pass (Linux: per-thread nice 10).
+HELPER_NICE = 10  # the OS priority of the engine's helpers: decoding threads and processes, compression, the writer
 
-    On a machine with few cores, decoding and writing compete with the backbone's compute threads,
-    and a descheduled compute thread stalls a whole operation. The decode window keeps the helpers
-    ahead all the same: decoding needs a few percent of one core at CPU backbone speeds.
+
+def lower_thread_priority() -> None:
+    """Let the calling helper thread yield the CPU to the engine's own work (Linux: per-thread nice HELPER_NICE).
+
+    On a CPU, decoding and writing compete with the backbone's compute threads, and a descheduled
+    compute thread stalls a whole operation; next to a GPU, they compete with the engine's thread,
+    which launches the backbone's work and hands batches on. Nice only orders who runs first: a
+    helper still gets every cycle nobody else wants, and the decode window keeps it ahead.
+    Threads and processes started by the calling thread inherit its priority.
     """
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HELPER_NICE)
 
 
 def decode_failure(exc: Exception) -> str:

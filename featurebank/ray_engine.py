@@ -12,7 +12,6 @@ the local engine reports them. The data and cache folders must have the same pat
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -40,9 +39,9 @@ def import_ray():
 def decode_rows(batch: dict, *, root: str, input_size: tuple[int, int]) -> dict:
     """A Ray Data CPU task: relpaths → uint8 pixels; a file that fails keeps its row, with the reason in ``error``."""
     from featurebank.decoding import decode_files
+    from featurebank.images import lower_thread_priority
 
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, 10)  # a decoding worker yields the CPU to the backbone, as locally
+    lower_thread_priority()  # a decoding worker yields the CPU to the backbone, as locally
 
     pixels = np.zeros((len(batch["relpath"]), *input_size, 3), np.uint8)
     errors = []

@@ -146,10 +146,10 @@ def choose_sizes(library: str, *, compression: str, batch_size: int | None = Non
     - batch: GPU_BATCH on an accelerator, CPU_BATCH on the CPU;
     - decoders: every core but one (Pillow releases the GIL; the last core runs the engine's
       Python and the writer); processes next to an accelerator with 8 cores or more (``default_decoder``),
-      threads elsewhere; at low OS priority on a CPU only (extraction.run_local), where they share it
-      with the backbone;
+      threads elsewhere;
     - compression threads (zstd only): half the cores next to a GPU, where the CPU is otherwise
-      idle; on the CPU every core, at low priority, so that they fill the backbone's idle moments.
+      idle; on the CPU every core, so that they fill the backbone's idle moments.
+    Both run at low OS priority on every device (``extraction.HELPERS_PRIORITY``).
     """
     check_decoder(decoder)
     cores = cores or usable_cores()

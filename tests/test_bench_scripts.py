@@ -1,7 +1,6 @@
 """The benchmark scripts that must run anywhere run here, at a small size (their figures are in BENCHMARKS.md)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,8 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     assert figures["sizes"]["batch_size"] == 8 and figures["sizes"]["device"] == "cpu"  # the engine's sizing, as given
     assert set(figures["extract_stage_seconds"]) == {"decode", "backbone", "device", "writer", "write", "commit"}
     phases = figures["extract_phase_seconds"]  # parts of the run's seconds
-    assert set(phases) == {"plan", "first_batch", "index"} and figures["warm_up"] is True
+    assert set(phases) == {"plan", "first_batch", "index"}
+    assert figures["warm_up"] is False and figures["helpers_priority"] == "low"  # a CPU: no warm-up, helpers lowered
     assert 0 < phases["plan"] and 0 < phases["first_batch"] and 0 < phases["index"]
     assert phases["plan"] + phases["first_batch"] + phases["index"] < 48 / figures["extract_img_s_with_build"]
     (tmp_path / "runs").mkdir()
@@ -43,7 +43,7 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
                            text=True, timeout=60)
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
-    assert table.returncode == 0 and len(rows) == 1 + 11, table.stderr  # a header, then each run gpu_run.sh makes
+    assert table.returncode == 0 and len(rows) == 1 + 12, table.stderr  # a header, then each run gpu_run.sh makes
     assert rows[1].endswith("not run |") and rows[4].endswith("| missed |")  # a CPU does not make 3000 img/s
     assert " / 0 | " in rows[4]  # its nvJPEG decode column: not run here
     assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 and nvJPEG runs, the probes
@@ -139,6 +139,37 @@ def test_helper_priority_bench_alternates_the_modes(tmp_path, make_images):
     rates = json.loads(done.stdout.splitlines()[-1])
     assert [len(rates[k]) for k in ("backbone", "nice10", "idle")] == [3, 2, 2]
     assert "nice10: extraction / backbone" in done.stdout and "idle: extraction / backbone" in done.stdout
+
+
+def test_decoder_priority_bench_alternates_the_ways(tmp_path, make_images):
+    make_images(tmp_path / "data", 2)
+    out = tmp_path / "priority.json"
+    done = subprocess.run([sys.executable, "decoder_priority.py", "--data", str(tmp_path / "data"), "--photos", "12",
+                           "--seconds", "0.3", "--repeats", "2", "--workers", "1", "--decode-size", "32x32",
+                           "--json", str(out)], cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert [len(figures["runs"][way]) for way in ("none", "normal", "low")] == [2, 2, 2]
+    assert figures["medians"]["none"]["decode_img_s"] == 0  # no decoding beside the engine thread
+    assert figures["medians"]["normal"]["decode_img_s"] > 0 and figures["medians"]["low"]["decode_img_s"] > 0
+    assert "decoders at nice 10 against nice 0: engine thread ×" in done.stdout
+
+
+def test_the_normal_priority_probe_gives_extraction_its_helpers_back_and_returns(tmp_path, make_images, monkeypatch):
+    """bench/common.helpers_at_normal_priority (gpu_extract.py --helpers-at-normal-priority), then the engine's way."""
+    import featurebank
+    from featurebank import pipeline
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import helpers_at_normal_priority
+
+    make_images(tmp_path / "data", 1)
+    seen, original = [], pipeline.decoded_batches
+    monkeypatch.setattr(pipeline, "decoded_batches", lambda *a, **k: seen.append(k["priority"]) or original(*a, **k))
+    for normal, cache in ((True, "probe"), (False, "engine")):
+        helpers_at_normal_priority(normal)
+        featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / cache, weights="none")
+    assert seen == ["normal", "low"]
 
 
 def test_host_probe_and_decode_parent_benches_run_small(tmp_path, make_images):

@@ -5,7 +5,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,19 +156,75 @@ def test_extraction_with_either_decoder_stores_the_same_features(tmp_path, make_
         np.testing.assert_array_equal(vector, features["processes"][path])
 
 
-@pytest.mark.parametrize("device, priority", [("cpu", "low"), ("cuda: a GPU", "normal")])
-def test_decoders_yield_the_cpu_only_to_a_backbone_that_runs_on_it(tmp_path, make_images, monkeypatch, device,
-                                                                     priority):
+@pytest.mark.parametrize("device", ["cpu", "cuda: a GPU"])
+def test_helpers_yield_the_cpu_on_every_device(tmp_path, make_images, monkeypatch, device):
+    """Decoders and compression threads run at low priority on a CPU (for the backbone) and next to a GPU (for the
+    engine's thread, which launches the backbone's work: bench/decoder_priority.py)."""
     from featurebank import extraction, pipeline
 
     make_images(tmp_path / "data", 1)
-    chosen, seen = extraction.choose_sizes, []
+    chosen, seen, pools = extraction.choose_sizes, [], []
     monkeypatch.setattr(extraction, "choose_sizes", lambda *a, **k: chosen(*a, **{**k, "device": device}))
     original = pipeline.decoded_batches
     monkeypatch.setattr(pipeline, "decoded_batches", lambda *a, **k: seen.append(k["priority"]) or original(*a, **k))
+    configure = extraction.configure_array_pool
+    monkeypatch.setattr(extraction, "configure_array_pool",
+                        lambda workers, low_priority: pools.append(low_priority) or configure(workers, low_priority=low_priority))
     report = featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
-                                 decoder="threads")
-    assert report.new == 6 and report.sizes["device"] == device and seen == [priority]
+                                 decoder="threads", compression="zstd")
+    assert report.new == 6 and report.sizes["device"] == device and seen == ["low"] and pools == [True]
+
+
+def _nice_of(pid: int, thread: int | None = None) -> int:
+    """A process's (or one of its threads') nice value, as the kernel has it (field 19 of /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
+@pytest.mark.parametrize("decoder", ["threads", "processes"])
+def test_low_priority_decoders_run_at_the_helpers_nice(tmp_path, make_images, monkeypatch, decoder):
+    """What the kernel schedules: each decoding thread, or each decoding process, at HELPER_NICE under the caller."""
+    import threading
+
+    from featurebank import decoding
+    from featurebank.images import HELPER_NICE
+
+    if _nice_of(os.getpid()) >= HELPER_NICE:
+        pytest.skip(f"this process already runs at nice {_nice_of(os.getpid())}")
+    paths = sorted(make_images(tmp_path / "data", 4))
+    seen: dict[int, int] = {}
+    load = decoding.load_image
+
+    def loading(path, size):  # a decoding thread notes its own nice (the caller's thread may decode files too)
+        if threading.current_thread().name.startswith("featurebank-decode"):
+            seen[threading.get_native_id()] = _nice_of(os.getpid(), threading.get_native_id())
+        return load(path, size)
+
+    monkeypatch.setattr(decoding, "load_image", loading)
+    batches = decoded_batches(paths, lambda p: p, (8, 8), batch_size=4, workers=2, decoder=decoder, priority="low")
+    next(batches)
+    deadline = time.monotonic() + 60
+    while decoder == "processes":  # the pool's two processes, children of this one, each lowered as it starts
+        seen = {pid: _nice_of(pid) for pid in _decoding_processes()}
+        if (len(seen) == 2 and set(seen.values()) == {HELPER_NICE}) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    batches.close()
+    assert seen and set(seen.values()) == {HELPER_NICE} and _nice_of(os.getpid(), threading.get_native_id()) < HELPER_NICE
+
+
+def _decoding_processes() -> list[int]:
+    """This process's children that are loky's workers (not its resource trackers)."""
+    found = []
+    for folder in Path("/proc").iterdir():
+        try:
+            if folder.name.isdigit() and f"PPid:\t{os.getpid()}\n" in (folder / "status").read_text() \
+                    and b"LokyProcess" in (folder / "cmdline").read_bytes():
+                found.append(int(folder.name))
+        except OSError:  # a process that ended meanwhile
+            continue
+    return found
 
 
 def test_files_no_decoder_has_started_are_decoded_by_the_reader_instead_of_waited_for(tmp_path, make_images,

@@ -344,7 +344,7 @@ def decoded_batches(items: Iterable[T], path_of: Callable[[T], str | Path], size
     elif decoder == "nvjpeg":
         from featurebank.gpu_decoding import NvjpegDecoding
 
-        pool = NvjpegDecoding(workers, size, batch_size, keep_on_device=keep_on_device)
+        pool = NvjpegDecoding(workers, size, batch_size, keep_on_device=keep_on_device, low_priority=priority == "low")
         batches = pool.batches(iter(items), path_of, failures)
     else:
         pool = _RingDecoding(workers, size, batch_size, priority == "low")

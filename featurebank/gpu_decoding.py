@@ -39,7 +39,7 @@ from featurebank.buffers import RecycledArrays
 from featurebank.decoding import decode_files, note_failure
 from featurebank.device import pinned_array
 from featurebank.errors import FeaturebankError, InvalidArgument
-from featurebank.images import EXIF_ORIENTATION
+from featurebank.images import EXIF_ORIENTATION, lower_thread_priority
 
 if TYPE_CHECKING:
     import torch
@@ -170,8 +170,10 @@ def read_for_gpu(path: str | Path, size: tuple[int, int]) -> bytes | np.ndarray 
 class NvjpegDecoding:
     """Batches of uint8 (n, H, W, 3) pixels decoded on ``device`` (DEVICE when None), copied to the host.
 
-    ``workers`` threads read files (and decode with Pillow the files nvJPEG should not); one
-    thread of its own decodes batches on the device, up to BATCHES_AHEAD ahead of the consumer.
+    ``workers`` threads read files (and decode with Pillow the files nvJPEG should not), at nice
+    HELPER_NICE with ``low_priority`` as the other decoders; one thread of its own, at the
+    process's priority (it launches the device's work, as the engine's thread does), decodes
+    batches on the device, up to BATCHES_AHEAD ahead of the consumer.
     A batch in which files failed comes out shorter by as many; failures keep the files' order.
     With ``keep_on_device`` a batch stays where it was decoded, as a torch tensor, for a backbone
     on the same GPU (``takes_device_batches``): at 512x384 a batch of 128 is 75 MB, which the
@@ -180,14 +182,15 @@ class NvjpegDecoding:
     """
 
     def __init__(self, workers: int, size: tuple[int, int], batch_size: int, device: str | None = None,
-                 keep_on_device: bool = False):
+                 keep_on_device: bool = False, low_priority: bool = False):
         self.library = import_jpeg_library()
         self.torch = torch = self.library.torch
         self.device = torch.device(device or DEVICE)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FeaturebankError(NO_CUDA)
         self.size, self.batch_size, self.keep_on_device = tuple(size), batch_size, keep_on_device
-        self.readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-read")
+        self.readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featurebank-read",
+                                          initializer=lower_thread_priority if low_priority else None)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         allocate = functools.partial(pinned_array, torch) if self.device.type == "cuda" else np.empty
         self.host = RecycledArrays(keep=BATCHES_AHEAD + 4, allocate=allocate)

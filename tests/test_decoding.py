@@ -182,26 +182,35 @@ def _nice_of(pid: int, thread: int | None = None) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
-@pytest.mark.parametrize("decoder", ["threads", "processes"])
+@pytest.mark.parametrize("decoder", ["threads", "processes", "nvjpeg"])
 def test_low_priority_decoders_run_at_the_helpers_nice(tmp_path, make_images, monkeypatch, decoder):
-    """What the kernel schedules: each decoding thread, or each decoding process, at HELPER_NICE under the caller."""
+    """What the kernel schedules: each decoding thread, each decoding process, or each of nvJPEG's reading threads,
+    at HELPER_NICE under the caller."""
     import threading
 
-    from featurebank import decoding
+    from featurebank import decoding, gpu_decoding
     from featurebank.images import HELPER_NICE
 
     if _nice_of(os.getpid()) >= HELPER_NICE:
         pytest.skip(f"this process already runs at nice {_nice_of(os.getpid())}")
     paths = sorted(make_images(tmp_path / "data", 4))
     seen: dict[int, int] = {}
-    load = decoding.load_image
 
-    def loading(path, size):  # a decoding thread notes its own nice (the caller's thread may decode files too)
-        if threading.current_thread().name.startswith("featurebank-decode"):
-            seen[threading.get_native_id()] = _nice_of(os.getpid(), threading.get_native_id())
-        return load(path, size)
+    def noting(function):  # a helper thread notes its own nice (the caller's thread may decode files too)
+        def noted(path, size):
+            if threading.current_thread().name.startswith(("featurebank-decode", "featurebank-read")):
+                seen[threading.get_native_id()] = _nice_of(os.getpid(), threading.get_native_id())
+            return function(path, size)
+        return noted
 
-    monkeypatch.setattr(decoding, "load_image", loading)
+    monkeypatch.setattr(decoding, "load_image", noting(decoding.load_image))
+    if decoder == "nvjpeg":  # its code path, on the CPU's JPEG decoder
+        try:
+            gpu_decoding.import_jpeg_library()
+        except FeaturebankError as error:
+            pytest.skip(str(error))
+        monkeypatch.setattr(gpu_decoding, "DEVICE", "cpu")
+        monkeypatch.setattr(gpu_decoding, "read_for_gpu", noting(gpu_decoding.read_for_gpu))
     batches = decoded_batches(paths, lambda p: p, (8, 8), batch_size=4, workers=2, decoder=decoder, priority="low")
     next(batches)
     deadline = time.monotonic() + 60

@@ -9,9 +9,9 @@ as sparse as pretrained Lite0's (16×12×1280, ~6% non-zero) on an array pool of
 the two threads have a core each and compete for the GIL only. Three ways, alternated so that
 drift cancels:
   none     the writer idle: the engine thread alone
-  per-row  each row a task of its own on the pool (featurebank.cache.zstd_frames_row_by_row), as featurebank
+  per-row  each row a task of its own on the pool (featurebank.array_pool.zstd_frames_row_by_row), as featurebank
            compressed before 2026-11-28 and still does where zstandard lacks the batch call
-  batch    featurebank.cache.zstd_frames: the batch in one multi_compress_to_buffer call
+  batch    featurebank.array_pool.zstd_frames: the batch in one multi_compress_to_buffer call
 and prints the engine thread's forwards/s and the writer's compressed batches/s (medians), each
 against the engine thread alone and against per-row.
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 from common import alternated_medians, launching_engine
 
-from featurebank import cache
+from featurebank import array_pool
 
 MODES = ("none", "per-row", "batch")
 
@@ -40,7 +40,7 @@ def sparse_maps(rows: int = 128, shape: tuple[int, ...] = (16, 12, 1280), nonzer
 
 def one_run(mode: str, engine: Callable[[float], float], maps: np.ndarray, seconds: float) -> dict:
     stop, batches = threading.Event(), [0]
-    compress = {"per-row": cache.zstd_frames_row_by_row, "batch": cache.zstd_frames}.get(mode)
+    compress = {"per-row": array_pool.zstd_frames_row_by_row, "batch": array_pool.zstd_frames}.get(mode)
 
     def writer() -> None:
         while compress is not None and not stop.is_set():
@@ -65,10 +65,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="compression threads (1: a core each, no CPU contention on 2 cores)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    cache.configure_array_pool(args.threads)
+    array_pool.configure_array_pool(args.threads)
     engine = launching_engine(args.size)
     maps = sparse_maps()
-    assert [bytes(f) for f in cache.zstd_frames(maps)] == cache.zstd_frames_row_by_row(maps)  # the same frames
+    assert [bytes(f) for f in array_pool.zstd_frames(maps)] == array_pool.zstd_frames_row_by_row(maps)  # the same frames
     figures, runs = alternated_medians(MODES, args.repeats, lambda mode: one_run(mode, engine, maps, args.seconds))
     alone = figures["none"]["forwards_per_s"]
     for mode in MODES:

@@ -52,7 +52,7 @@ from featurebank.embed import Embedder, in_flight
 from featurebank.errors import FeaturebankError
 from featurebank.extraction import Progress, resolve_manifest
 from featurebank.backbones import get_backbone
-from featurebank.cache import configure_array_pool
+from featurebank.array_pool import configure_array_pool
 from featurebank.decoding import decoded_batches
 from featurebank.images import load_image
 from featurebank.index import FeatureStore

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from common import TRASHNET
 
-from featurebank.cache import ShardWriter, configure_array_pool
+from featurebank.array_pool import configure_array_pool
+from featurebank.cache import ShardWriter
 from featurebank.images import load_image
 from featurebank.scan import scan_folder
 

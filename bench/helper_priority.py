@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +27,7 @@ import numpy as np
 from common import TRASHNET, machine, subset_folder
 
 import featurebank
-from featurebank import cache, decoding, extraction, images
+from featurebank import array_pool, images
 from featurebank.backbones import get_backbone
 from featurebank.scan import scan_folder
 
@@ -43,9 +44,17 @@ def priority_setter(mode: str):
 
 
 def use_mode(mode: str) -> None:
+    """Every featurebank module that lowers a helper's priority does it ``mode``'s way from now on.
+
+    Each module binds ``lower_thread_priority`` when it imports it, so each one is patched (decoding,
+    the array pool, the shard writer's committer, the pipeline's writer thread, ...), found by name
+    so that a module added or moved later is not missed.
+    """
     lower = priority_setter(mode)
-    images.lower_thread_priority = decoding.lower_thread_priority = extraction.lower_thread_priority = lower
-    cache.configure_array_pool(0)  # extraction resizes it at low priority: a fresh pool, made with ``lower``
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] == "featurebank" and hasattr(module, "lower_thread_priority"):
+            module.lower_thread_priority = lower
+    array_pool.configure_array_pool(0)  # extraction resizes it at low priority: a fresh pool, made with ``lower``
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Reads the first ``--images`` stored maps of the cache (any dtype and compression
 them) and compresses each one as the extraction does (one zstd frame per image, one thread), at
 each level, with and without a byte shuffle (the bytes of each float16 grouped by significance).
 Prints milliseconds per map, kilobytes per map and the share of the raw bytes, as JSON too. The
-extraction's level (``featurebank.cache.ZSTD_LEVEL``) was chosen from these figures (BENCHMARKS.md).
+extraction's level (``featurebank.array_pool.ZSTD_LEVEL``) was chosen from these figures (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.backbones import Backbone, available_backbones, get_backbone, weights_identity
-from featurebank.cache import COMPUTE_DTYPES, DTYPES, STORES, configure_array_pool, describe_os_error, make_manifest
+from featurebank.array_pool import configure_array_pool
+from featurebank.cache import COMPUTE_DTYPES, DTYPES, STORES, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
 from featurebank.decoding import pixel_decoder
 from featurebank.embed import AUGMENTS, Embedder

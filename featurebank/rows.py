@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featurebank.cache import STAGES, ShardDamaged, describe_os_error, in_parallel, open_shard
+from featurebank.array_pool import in_parallel
+from featurebank.cache import STAGES, ShardDamaged, describe_os_error, open_shard
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.files import aligned_empty
 

@@ -141,6 +141,21 @@ def test_helper_priority_bench_alternates_the_modes(tmp_path, make_images):
     assert "nice10: extraction / backbone" in done.stdout and "idle: extraction / backbone" in done.stdout
 
 
+def test_helper_priority_modes_reach_every_helper(monkeypatch):
+    """Each module binds lower_thread_priority as it imports it: a mode must reach the writer and the pools too."""
+    from featurebank import array_pool, cache, decoding, gpu_decoding, images, pipeline
+
+    modules = (array_pool, cache, decoding, gpu_decoding, images, pipeline)
+    for module in modules:  # put back after the test
+        monkeypatch.setattr(module, "lower_thread_priority", module.lower_thread_priority)
+    monkeypatch.syspath_prepend(str(BENCH))
+    from helper_priority import use_mode
+
+    use_mode("nice19")
+    assert len({module.lower_thread_priority for module in modules}) == 1
+    assert images.lower_thread_priority.__qualname__ == "priority_setter.<locals>.lower"
+
+
 def test_decoder_priority_bench_alternates_the_ways(tmp_path, make_images):
     make_images(tmp_path / "data", 2)
     out = tmp_path / "priority.json"

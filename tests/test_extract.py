@@ -176,13 +176,13 @@ def test_a_batch_is_compressed_in_one_pool_task_into_the_frames_row_by_row_compr
     and its frames are those of compressing each row alone; so are a build's without multi_compress_to_buffer."""
     import zstandard
 
-    from featurebank import cache
+    from featurebank import array_pool
 
     rng = np.random.default_rng(0)
     rows = (np.maximum(rng.standard_normal((8, 12, 1280)), 0) * (rng.random((8, 12, 1280)) < 0.1)).astype(np.float16)
     rows = rows.reshape(8, -1)
-    expected = [zstandard.ZstdCompressor(level=cache.ZSTD_LEVEL).compress(row) for row in rows]
-    pool, tasks = cache._array_pool(), []
+    expected = [zstandard.ZstdCompressor(level=array_pool.ZSTD_LEVEL).compress(row) for row in rows]
+    pool, tasks = array_pool._array_pool(), []
 
     class CountingPool:
         def submit(self, *args):
@@ -194,16 +194,16 @@ def test_a_batch_is_compressed_in_one_pool_task_into_the_frames_row_by_row_compr
             tasks.extend(["map"] * len(items))
             return pool.map(function, items)
 
-    monkeypatch.setattr(cache, "_array_pool", CountingPool)
-    assert [bytes(frame) for frame in cache.zstd_frames(rows)] == expected and tasks == ["submit"]
+    monkeypatch.setattr(array_pool, "_array_pool", CountingPool)
+    assert [bytes(frame) for frame in array_pool.zstd_frames(rows)] == expected and tasks == ["submit"]
 
     class RowByRow:  # zstandard linked to a system libzstd: no multi_compress_to_buffer
         def __init__(self):  # a compressor each (they are not thread-safe)
-            self.compress = zstandard.ZstdCompressor(level=cache.ZSTD_LEVEL).compress
+            self.compress = zstandard.ZstdCompressor(level=array_pool.ZSTD_LEVEL).compress
 
     tasks.clear()
-    monkeypatch.setattr(cache, "_compressor", RowByRow)
-    assert [bytes(frame) for frame in cache.zstd_frames(rows)] == expected and tasks == ["map"] * 8
+    monkeypatch.setattr(array_pool, "_compressor", RowByRow)
+    assert [bytes(frame) for frame in array_pool.zstd_frames(rows)] == expected and tasks == ["map"] * 8
 
 
 @pytest.mark.parametrize("backbone", ["efficientnet-lite0", "resnet50"])

@@ -129,10 +129,10 @@ def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache, monkeypatch,
     whether one thread or several copy the rows into place."""
     import h5py
 
-    from featurebank import cache
+    from featurebank import array_pool
 
-    monkeypatch.setattr(cache, "_POOL", None)
-    monkeypatch.setattr(cache, "_POOL_SETTINGS", (copy_threads, False))
+    monkeypatch.setattr(array_pool, "_POOL", None)
+    monkeypatch.setattr(array_pool, "_POOL_SETTINGS", (copy_threads, False))
 
     lazy = featurebank.load(small_cache["cache"], lazy=True)
     stored = {}
@@ -146,7 +146,7 @@ def test_lazy_reads_in_any_order_equal_the_stored_rows(small_cache, monkeypatch,
         np.testing.assert_array_equal(lazy.X.read_rows(positions), expected[positions])
         np.testing.assert_array_equal(np.asarray(lazy.X.subset(positions)), expected[positions])
     lazy.X.close()
-    cache._POOL.shutdown()
+    array_pool._POOL.shutdown()
 
 
 def test_graph_and_python_feeds_give_the_same_batches_each_epoch(monkeypatch):

@@ -11,7 +11,7 @@
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
 # It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
-# STEPS (probe,rows,arithmetic,vs-cpu,nvjpeg,parent,gil or all; the first four by default) and ROWS (a regular expression
+# STEPS (probe,rows,arithmetic,vs-cpu,nvjpeg,parent,gil,priority or all; the first four by default) and ROWS (a regular expression
 # of row names) pick
 # what runs, for a second call after the first: STEPS=rows ROWS='lite0-.*' bash bench/gpu_run.sh
 set -uo pipefail
@@ -106,6 +106,9 @@ done
 step gil && echo "== zstd beside a Python-heavy engine thread, 8 compression threads: per-row tasks against one call a batch"
 step gil && timeout 60 python3 bench/compression_gil.py --threads 8 --seconds 3 --repeats 2 --json "$RESULTS/compression_gil.json" \
   2>&1 | tee "$RESULTS/compression_gil.txt" | tail -4
+step priority && echo "== a Python-bound engine thread beside 15 decoding processes at nice 0 and at nice 10"
+step priority && timeout 90 python3 bench/decoder_priority.py --workers 15 --seconds 3 --repeats 2 --data "$source" \
+  --json "$RESULTS/decoder_priority.json" 2>&1 | tee "$RESULTS/decoder_priority.txt" | tail -5
 step parent && echo "== the engine's process per image decoded by 15 processes"  # 0.25-0.28 ms before ring batches
 step parent && timeout 60 python3 bench/decode_parent.py --images "$IMAGES" --workers 15 --repeats 2 --source "$source" 2>&1 \
   | tee "$RESULTS/decode_parent.txt" | tail -2

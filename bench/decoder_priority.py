@@ -39,24 +39,29 @@ MODES = ("none", "normal", "low")
 def one_run(mode: str, engine: Callable[[float], float], photos: list, workers: int, seconds: float,
             size: tuple[int, int]) -> dict:
     stop, decoded = threading.Event(), [0, 0.0]  # images after the pool's start, and when counting began
+    failed: list[BaseException] = []
 
     def feeder() -> None:
         if mode == "none":
             return
         files = itertools.takewhile(lambda _: not stop.is_set(), itertools.cycle(photos))
-        batches = decoded_batches(files, lambda p: p, size, batch_size=32, workers=workers,
-                                  decoder="processes", priority=mode)
-        for i, (done, _) in enumerate(batches):
-            if i == 2:  # the pool has started and its window is full: count from here
-                decoded[1] = time.perf_counter()
-            elif i > 2:
-                decoded[0] += len(done)
+        try:
+            batches = decoded_batches(files, lambda p: p, size, batch_size=32, workers=workers,
+                                      decoder="processes", priority=mode)
+            for i, (done, _) in enumerate(batches):
+                if i == 2:  # the pool has started and its window is full: count from here
+                    decoded[1] = time.perf_counter()
+                elif i > 2:
+                    decoded[0] += len(done)
+        except BaseException as exc:  # too little shared memory, a dead process: said on the main thread
+            failed.append(exc)
 
     thread = threading.Thread(target=feeder, daemon=True)
     thread.start()
-    if mode != "none":
-        while not decoded[1]:
-            time.sleep(0.01)
+    while mode != "none" and not decoded[1]:
+        if not thread.is_alive():  # the feeder failed before its pool filled: stop, do not wait forever
+            raise SystemExit(f"decoding processes failed: {failed[0] if failed else 'ended early'}")
+        time.sleep(0.01)
     forwards_per_s = engine(seconds)
     decode_img_s = decoded[0] / (time.perf_counter() - decoded[1]) if mode != "none" else 0.0
     stop.set()

@@ -127,9 +127,10 @@ def allow_tf32(allowed: bool = True) -> None:
 def skip_warm_up(skipped: bool = True) -> None:
     """Extraction without its warm-up of the first call next to a GPU (``Embedder.warm_up`` a no-op): a probe.
 
-    Next to a GPU the engine pays the first call's tracing, compilation and set-up on the build
-    thread while the decoding pool starts (``featurebank.pipeline.LazyEmbedder``); this measures in
-    the same run what that overlap buys. For this process; ``skipped=False`` gives it back.
+    Next to a GPU the engine pays the first call's tracing, compilation and set-up on its own thread
+    while the decoding pool starts and decodes the first batch on another
+    (``featurebank.pipeline.first_batch_beside_warm_up``); this measures in the same run what that
+    overlap buys. For this process; ``skipped=False`` gives it back.
     """
     from featurebank.embed import Embedder
 

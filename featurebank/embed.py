@@ -93,8 +93,10 @@ class Embedder:
 
         At its first call for a batch shape a JIT backend traces its step and compiles it (or loads
         it from the compilation cache), and a GPU library sets up its kernels: seconds on a GPU
-        where the forward pass itself takes milliseconds. Extraction calls this on the build
-        thread next to a GPU, so those seconds overlap the decoding pool's start.
+        where the forward pass itself takes milliseconds. Some of them belong to the calling thread
+        (PyTorch's cuDNN handles and execution plans), so it is called on the thread that submits
+        the batches: next to a GPU, extraction calls it while another thread starts the decoding
+        pool and decodes the first batch.
         """
         self.submit(np.zeros((batch_size, *input_size, 3), np.uint8)).result()
 

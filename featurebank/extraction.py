@@ -306,8 +306,8 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
             and cpu_has_bfloat16() is False:
         warn(f"this CPU has no bfloat16 instructions ({', '.join(BFLOAT16_CPU_FLAGS[:2])}): --compute-dtype "
              "bfloat16 is emulated here and likely slower than float32")
-    # Next to a GPU the first call is warmed up on the build thread; on a CPU that forward pass would take
-    # as long as any batch's, and would only compete with the decoding of the first batch.
+    # Next to a GPU the first call is warmed up on this thread while the first batch decodes (run_pipeline); on a
+    # CPU that forward pass would take as long as any batch's, and would only compete with that decoding.
     embed = LazyEmbedder(lambda: Embedder.for_manifest(plan.store.manifest, weights=weights, batch_size=batch_size,
                                                        spec=plan.spec),
                          warm_up=(lambda e: e.warm_up(batch_size, plan.input_size)) if sizes.accelerated else None)

@@ -107,13 +107,14 @@ class LazyEmbedder:
 
     ``start`` begins the build when a pipeline has its first file, so that loading the backbone
     overlaps the decoding pool's start and first batch instead of following them; a run with
-    nothing to do never loads it. ``warm_up``, when given, is called with the built embedder on
-    the same thread: on a GPU, where a forward pass of one batch takes milliseconds, the engine
-    uses it to make the first call (a JIT backend's tracing and compilation or their loading from
-    the compilation cache, cuDNN's set-up) overlap the decoding pool's start too, instead of
-    waiting for the first decoded batch. ``built`` waits for the build alone, and only that wait
-    is ``build_seconds``; ``get`` waits for the warm-up as well, a wait that is part of the run, as
-    the first call it replaces would have been.
+    nothing to do never loads it. ``warm_up``, when given, pays the first call's one-off costs (a
+    JIT backend's tracing and compilation or their loading from the compilation cache, cuDNN's
+    set-up) before the first batch: on a GPU, where a forward pass of one batch takes
+    milliseconds, those costs are seconds. It runs on the thread that will submit the batches
+    (``warm_up_here``), because part of them is that thread's own: PyTorch keeps cuDNN's handles
+    and execution plans per thread, so a warm-up on the build thread left the engine's thread to
+    pay them again at its first batch. ``built`` waits for the build alone, and only that wait is
+    ``build_seconds``.
     """
 
     def __init__(self, build: Callable[[], Embedder], warm_up: Callable[[Embedder], None] | None = None):
@@ -123,8 +124,12 @@ class LazyEmbedder:
         self.build_seconds = 0.0
         self._building: threading.Thread | None = None
         self._built = threading.Event()
-        self._ready = False
+        self._warmed = warm_up is None
         self._error: BaseException | None = None
+
+    @property
+    def needs_warm_up(self) -> bool:
+        return not self._warmed
 
     def start(self) -> None:
         if self._building is None:
@@ -134,36 +139,86 @@ class LazyEmbedder:
     def _build(self) -> None:
         try:
             self.embedder = self.build()
-            self._built.set()
-            if self.warm_up is not None:
-                self.warm_up(self.embedder)
         except BaseException as exc:  # raised by get(), on the pipeline's thread
             self._error = exc
         finally:
             self._built.set()
 
     def built(self) -> None:
-        """Wait for the build (not its warm-up), adding the wait to ``build_seconds``."""
+        """Wait for the build, adding the wait to ``build_seconds``."""
         if not self._built.is_set():
             started = time.perf_counter()
             self.start()
             self._built.wait()
             self.build_seconds += time.perf_counter() - started
 
+    def warm_up_here(self, first_batch_at: Callable[[], float | None]) -> None:
+        """Wait for the build, then make the warm-up's call on this thread (once); raises what either raised.
+
+        Called while the first batch is decoded elsewhere. Of the wait for the build, only what
+        outlasted that decoding counts as ``build_seconds`` (``first_batch_at()``: when the first
+        batch was there, None before), as when the first batch waits for the build.
+        """
+        started = time.perf_counter()
+        self.start()
+        self._built.wait()
+        done, arrived = time.perf_counter(), first_batch_at()
+        if arrived is not None and arrived < done:
+            self.build_seconds += done - max(arrived, started)
+        if self._error is not None:
+            raise self._error
+        if not self._warmed:
+            self._warmed = True
+            self.warm_up(self.embedder)
+
     def get(self) -> Embedder:
-        """The embedder, built and warmed up; raises what the build or the warm-up raised."""
-        if not self._ready:
-            self.built()
-            self.settle()
-            if self._error is not None:
-                raise self._error
-            self._ready = True
+        """The embedder, built; raises what the build raised."""
+        self.built()
+        if self._error is not None:
+            raise self._error
         return self.embedder
 
     def settle(self) -> None:
-        """Wait for a build or warm-up in progress (no thread is left loading a backbone when a run ends)."""
+        """Wait for a build in progress (no thread is left loading a backbone when a run ends)."""
         self.start()
         self._building.join()
+
+
+def first_batch_beside_warm_up(batches: Iterator[T], embed: LazyEmbedder, clock: StageClock) -> Iterator[T]:
+    """``batches`` (timed as "decode"), whose first one is decoded on a thread of its own while this thread warms up.
+
+    The decoding pool's start and the first batch's decoding then overlap the backbone's first
+    call (``LazyEmbedder.warm_up_here``, timed as "backbone"), which runs on this thread, the one
+    that submits every batch after it.
+    """
+    fetched: dict = {}
+
+    def fetch() -> None:
+        try:
+            fetched["item"] = next(batches, _END)
+        except BaseException as exc:  # raised on the pipeline's thread
+            fetched["error"] = exc
+        fetched["at"] = time.perf_counter()
+
+    fetcher = threading.Thread(target=fetch, name="featurebank-first-batch", daemon=True)
+    fetcher.start()
+    try:
+        try:
+            with clock.timing("backbone"):
+                embed.warm_up_here(lambda: fetched.get("at"))
+        finally:
+            with clock.timing("decode"):
+                fetcher.join()
+        if "error" in fetched:
+            raise fetched["error"]
+        if fetched["item"] is not _END:
+            yield fetched["item"]
+            yield from clock.iterate("decode", batches)
+    finally:
+        if not fetcher.is_alive():  # a second Ctrl-C during the join leaves the generator to its thread
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
 
 def run_pipeline(
@@ -217,7 +272,7 @@ def run_pipeline(
                 state["error"] = exc
 
     def submit(images: np.ndarray | torch.Tensor) -> Pending:
-        embed.built()  # timed apart (build_seconds); a warm-up still running is the backbone's time
+        embed.built()  # timed apart (build_seconds)
         with clock.timing("backbone"):
             started = embed.get().submit(images)
 
@@ -234,7 +289,9 @@ def run_pipeline(
         batches = decoded_batches(work, lambda s: s.path, plan.input_size, batch_size=batch_size,
                                   workers=decode_workers, failures=failures, decoder=decoder, priority=decode_priority,
                                   keep_on_device=decoder == "nvjpeg")
-        for batch, embedded in in_flight(clock.iterate("decode", batches), submit):
+        timed = (first_batch_beside_warm_up(batches, embed, clock) if embed.needs_warm_up
+                 else clock.iterate("decode", batches))
+        for batch, embedded in in_flight(timed, submit):
             if state["error"] is not None:
                 break
             with clock.timing("writer"):

@@ -90,55 +90,124 @@ def test_the_backbone_builds_while_the_first_files_decode_and_a_failed_build_is_
     assert not [t for t in threading.enumerate() if t.name == "featurebank-build"]
 
 
-def test_next_to_a_gpu_the_first_call_is_warmed_up_on_the_build_thread(tmp_path, make_images, monkeypatch):
-    """Accelerated sizes: one warm-up of the run's batch shape, on the build thread, before the first batch is
-    submitted, and the same cache as without it; on a CPU (the sizes as chosen here) none."""
+def test_next_to_a_gpu_the_first_call_is_warmed_up_on_the_engines_thread_while_the_first_batch_decodes(
+        tmp_path, make_images, monkeypatch):
+    """Accelerated sizes: one warm-up of the run's batch shape, on the thread that submits the batches (PyTorch
+    keeps cuDNN's plans per thread), made while another thread decodes the first batch, before that batch is
+    submitted; the same cache as without it. On a CPU (the sizes as chosen here) none."""
     import dataclasses
     import threading
 
     import numpy as np
 
-    from featurebank import extraction
+    from featurebank import decoding, extraction
     from featurebank.embed import Embedder
 
     make_images(tmp_path / "data", 1)  # 6 images: 3 batches of 2
-    events = []
-    monkeypatch.setattr(Embedder, "warm_up", lambda self, batch, size: events.append(
-        ("warm-up", threading.current_thread().name, batch, size)))
+    # With a GPU's sizes the first decode and the warm-up wait for each other: run one after the other (in either
+    # order), one of them would wait in vain (30 s) and record False.
+    events, decoding_started, warm_up_started, handshake = [], threading.Event(), threading.Event(), []
+    load_image = decoding.load_image
+
+    def first_decode_waits(*args, **kwargs):
+        if handshake and not decoding_started.is_set():
+            decoding_started.set()
+            events.append(("decoding saw the warm-up", warm_up_started.wait(30)))
+        return load_image(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "load_image", first_decode_waits)
+
+    def warm_up(self, batch, size):
+        warm_up_started.set()
+        events.append(("warm-up", threading.current_thread().name, batch, size, decoding_started.wait(30)))
+
+    monkeypatch.setattr(Embedder, "warm_up", warm_up)
     submit = Embedder.submit
-    monkeypatch.setattr(Embedder, "submit", lambda self, images: events.append(("submit", len(images)))
-                        or submit(self, images))
+    monkeypatch.setattr(Embedder, "submit", lambda self, images: events.append(
+        ("submit", threading.current_thread().name, len(images))) or submit(self, images))
     options = dict(backbone="rgb-stats", weights="none", batch_size=2, input_size=(40, 32))
     featurebank.extract(tmp_path / "data", cache=tmp_path / "cpu", **options)
-    assert events[:1] == [("submit", 2)] and "warm-up" not in {e[0] for e in events}
+    engine_thread = threading.current_thread().name
+    assert events[:1] == [("submit", engine_thread, 2)] and "warm-up" not in {e[0] for e in events}
 
     choose_sizes = extraction.choose_sizes
     monkeypatch.setattr(extraction, "choose_sizes",
                         lambda *a, **k: dataclasses.replace(choose_sizes(*a, **k), device="gpu: a test's"))
     events.clear()
+    handshake.append(True)
     report = featurebank.extract(tmp_path / "data", cache=tmp_path / "gpu", **options)
     assert report.sizes["device"] == "gpu: a test's" and report.new == 6
-    assert events[0] == ("warm-up", "featurebank-build", 2, (40, 32)) and events[1:] == [("submit", 2)] * 3
+    assert sorted(events[:2], key=str) == [("decoding saw the warm-up", True), ("warm-up", engine_thread, 2, (40, 32), True)]
+    assert events[2:] == [("submit", engine_thread, 2)] * 3
     cpu, gpu = (featurebank.load(tmp_path / name, backbone="rgb-stats", pooling="avg") for name in ("cpu", "gpu"))
     np.testing.assert_array_equal(cpu.X, gpu.X)
 
 
-def test_a_warm_up_is_not_build_time_and_its_failure_is_raised():
-    """build_seconds is the wait for the build alone (the bench leaves it out of a run's rate; a warm-up is the
-    run's own first call), get waits for the warm-up, and an error in it comes out of get."""
+@pytest.mark.parametrize("failing_step", ["build", "warm-up"])
+def test_next_to_a_gpu_a_failing_build_or_warm_up_is_raised_and_leaves_no_thread(
+        tmp_path, make_images, monkeypatch, failing_step):
+    """With a GPU's sizes the first batch decodes on a thread of its own while the engine's thread warms up: when the
+    build or the warm-up fails, that error comes out of extract, the cache keeps nothing half-written, and neither
+    the first batch's thread nor the build thread is left running."""
+    import dataclasses
+    import threading
+
+    from featurebank import backbones, extraction
+    from featurebank.embed import Embedder
+    from featurebank.errors import WeightsError
+
+    def failing(*args):
+        raise WeightsError("weights.h5: not the weights of rgb-stats")
+
+    spec = backbones.get_backbone("rgb-stats")
+    if failing_step == "build":
+        monkeypatch.setitem(backbones._REGISTRY, spec.name, dataclasses.replace(spec, build=failing))
+    else:
+        monkeypatch.setattr(Embedder, "warm_up", failing)
+    choose_sizes = extraction.choose_sizes
+    monkeypatch.setattr(extraction, "choose_sizes",
+                        lambda *a, **k: dataclasses.replace(choose_sizes(*a, **k), device="gpu: a test's"))
+    make_images(tmp_path / "data", 1)
+    with pytest.raises(WeightsError, match="weights.h5: not the weights"):
+        featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
+                            batch_size=2)
+    assert not [t for t in threading.enumerate() if t.name in ("featurebank-build", "featurebank-first-batch")]
+    assert not list((tmp_path / "cache").rglob("*.h5"))
+
+
+def test_a_warm_up_runs_on_the_callers_thread_and_build_time_is_what_outlasted_the_first_batch():
+    """warm_up_here waits for the build and warms up on the calling thread, once; of the wait for the build,
+    build_seconds keeps what outlasted the first batch's decoding (none while that batch was not there yet);
+    errors in the build or the warm-up come out of it."""
+    import threading
+
     from featurebank.pipeline import LazyEmbedder
 
     warmed = []
-    lazy = LazyEmbedder(lambda: time.sleep(0.3) or "embedder", warm_up=lambda e: time.sleep(0.6) or warmed.append(e))
-    lazy.start()
-    lazy.built()  # the 0.3 s build, not the 0.6 s warm-up after it
-    assert 0.25 < lazy.build_seconds < 0.85 and warmed == []
-    assert lazy.get() == "embedder" and warmed == ["embedder"] and lazy.build_seconds < 0.85
+    lazy = LazyEmbedder(lambda: time.sleep(0.2) or "embedder",
+                        warm_up=lambda e: warmed.append((e, threading.current_thread().name)))
+    lazy.warm_up_here(lambda: None)  # the first batch not decoded yet: the build held nothing up
+    assert lazy.build_seconds == 0.0 and warmed == [("embedder", threading.current_thread().name)]
+    assert not lazy.needs_warm_up and lazy.get() == "embedder"
+    lazy.warm_up_here(lambda: None)
+    assert len(warmed) == 1  # once
+
+    lazy = LazyEmbedder(lambda: time.sleep(0.2) or "embedder", warm_up=lambda e: None)
+    lazy.warm_up_here(lambda: 0.0)  # the first batch was there all along: the whole wait held it up
+    assert lazy.build_seconds >= 0.15
 
     def failing(embedder):
         raise MemoryError("out of device memory")
 
     lazy = LazyEmbedder(lambda: "embedder", warm_up=failing)
-    lazy.built()
     with pytest.raises(MemoryError, match="out of device memory"):
+        lazy.warm_up_here(lambda: None)
+
+    def failing_build():
+        raise OSError("weights.h5: unreadable")
+
+    lazy = LazyEmbedder(failing_build, warm_up=lambda e: None)
+    with pytest.raises(OSError, match="unreadable"):
+        lazy.warm_up_here(lambda: None)
+    with pytest.raises(OSError, match="unreadable"):
         lazy.get()

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,10 @@ class EmbedActor:
     """A Ray Data actor: builds the embedder once (on its GPU, if any) and embeds the decodable rows of each batch.
 
     ``warm_up`` (actors on GPUs) pays the first call's one-off costs while the actor starts, as the
-    local engine does on its build thread (``Embedder.warm_up``), while Ray Data's tasks decode.
+    local engine does while its first batch decodes (``Embedder.warm_up``), while Ray Data's tasks decode.
+    Every forward pass, the warm-up's too, runs on one thread of the actor's own: Ray Data calls an
+    actor on a thread other than the one that built it (Ray 2.60), and PyTorch keeps cuDNN's handles
+    and execution plans per thread, so a warm-up made on the building thread would not serve the calls.
     """
 
     def __init__(self, manifest: dict, weights: str, batch_size: int, threads: int, warm_up: bool = False):
@@ -74,14 +78,15 @@ class EmbedActor:
         except ImportError:
             pass
         self.embedder = Embedder.for_manifest(manifest, weights=weights, batch_size=batch_size)
+        self.device_thread = ThreadPoolExecutor(1, thread_name_prefix="featurebank-device")
         if warm_up:
-            self.embedder.warm_up(batch_size, tuple(manifest["input_size"]))
+            self.device_thread.submit(self.embedder.warm_up, batch_size, tuple(manifest["input_size"])).result()
 
     def __call__(self, batch: dict) -> dict:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         out = {k: v for k, v in batch.items() if k != "pixels"}
         if ok.any():
-            embedded = self.embedder(batch["pixels"][ok])
+            embedded = self.device_thread.submit(self.embedder, batch["pixels"][ok]).result()
             if embedded.maps is not None:
                 maps = np.zeros((len(ok), *embedded.maps.shape[1:]), embedded.maps.dtype)
                 maps[ok] = embedded.maps

@@ -117,3 +117,37 @@ def test_a_ray_actor_on_a_gpu_warms_up_its_first_call_as_it_starts(monkeypatch):
     assert calls == []
     EmbedActor(manifest, "none", 4, threads, warm_up=True)
     assert calls == [(4, (64, 48))] and torch.get_num_threads() == threads
+
+
+def test_a_ray_actor_embeds_on_the_thread_it_warmed_up_on_whichever_thread_calls_it(monkeypatch):
+    """Ray Data calls an actor on a thread other than the one that built it, and PyTorch keeps cuDNN's plans per
+    thread: the warm-up and every batch run on the actor's one device thread, and the features are the embedder's."""
+    import threading
+
+    from featurebank.backbones import get_backbone
+    from featurebank.embed import Embedder
+    from featurebank.extraction import resolve_manifest
+    from featurebank.ray_engine import EmbedActor
+
+    torch = pytest.importorskip("torch", reason="needs torch (pip install -e .[offline] installs it)")
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+    ran_on = []
+    monkeypatch.setattr(Embedder, "warm_up", lambda self, batch, size: ran_on.append(threading.get_ident()))
+    call = Embedder.__call__
+    monkeypatch.setattr(Embedder, "__call__", lambda self, images: ran_on.append(threading.get_ident())
+                        or call(self, images))
+    manifest = resolve_manifest(get_backbone("rgb-stats"), weights="none", input_size=(64, 48), dtype="float16")
+    actor = EmbedActor(manifest, "none", 4, threads, warm_up=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 64, 48, 3), dtype=np.uint8)
+    batch = {"relpath": np.array(["a", "b", "c"], dtype=object), "error": np.array(["", "", ""], dtype=object),
+             "pixels": pixels}
+    outs = []
+    for _ in range(2):  # called from two threads, neither the one that built the actor
+        caller = threading.Thread(target=lambda: outs.append(actor(batch)))
+        caller.start()
+        caller.join()
+    assert len(ran_on) == 3 and len(set(ran_on)) == 1 and ran_on[0] != threading.get_ident()
+    expected = Embedder.for_manifest(manifest, weights="none", batch_size=4)(pixels)
+    for out in outs:
+        np.testing.assert_array_equal(out["pooled_avg"], expected.pooled["avg"])

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU stage's figures (issue 11) in one device call, after bench/gpu_prepare.sh ran here:
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".gpu-source"], timeout_s=590)
-# (439 s on an H200 on 2026-11-28, the machine's start not counted, for the host probe, eight rows, two
-# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; now by default nine rows (two of them under py-spy),
-# compute_dtype.py for both backbones and four device_vs_cpu.py runs, without the last two: ~535 s expected, not run
-# yet; each row's JSON now also has the run's phases, extract_phase_seconds; BENCHMARKS.md has the figures. If time
-# runs out, the steps still to do run in a second call: STEPS=arithmetic,vs-cpu bash bench/gpu_run.sh)
+# (On an H200 on 2026-11-28, the machine's start not counted: 439 s for the host probe, eight rows, two
+# device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; in the fourth session, nine rows (two of them under
+# py-spy), compute_dtype.py for both backbones and three of four device_vs_cpu.py runs took the whole 590 s. Now by
+# default the host probe and eight rows, ~480 s expected, not run yet; BENCHMARKS.md has the figures. The steps not
+# run by default answered their questions: STEPS=arithmetic,vs-cpu bash bench/gpu_run.sh runs two of them again)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
@@ -27,15 +27,17 @@ pack() { tar czf /tmp/results.tgz -C "$RESULTS" . && mv /tmp/results.tgz "$OUT/r
 IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-4096}  # 1,024 timed too few: below the extraction's own rate
 source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$RESULTS/device.txt"
-STEPS=${STEPS:-probe,rows,arithmetic,vs-cpu}  # nvjpeg and parent answered their questions on 2026-11-28 (BENCHMARKS.md)
+STEPS=${STEPS:-probe,rows}  # the others answered their questions on 2026-11-28 (BENCHMARKS.md)
 step() { [[ ",$STEPS," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
 # Rows not run by default: resnet50-pooled, lite0-pretrained-zstd-bfloat16 and resnet50-float16-zstd (measured on
 # 2026-11-27 and -28, and their twins run), resnet50-float16-none-tf32 (the arithmetic step times TF32 against
-# IEEE float32 more directly) and resnet50-pooled-bfloat16-no-warm-up (resnet50-pooled-bfloat16 of 2026-11-28 ran
-# without the warm-up too); ROWS='.*' runs every one
-default_rows='resnet50-float16-none|resnet50-pooled-bfloat16-nvjpeg|lite0-pretrained-zstd-nvjpeg|lite0-pretrained-none'
-default_rows+='|lite0-pretrained-zstd|lite0-pretrained-zstd-helpers-normal|resnet50-pooled-bfloat16'
-ROWS=${ROWS:-$default_rows|.*-profiled}
+# IEEE float32 more directly), resnet50-pooled-bfloat16-no-warm-up (resnet50-pooled-bfloat16 of 2026-11-28 ran
+# without the warm-up too), lite0-pretrained-none and lite0-pretrained-zstd-helpers-normal (their questions answered
+# in 2026-11-28's fourth session) and resnet50-pooled-bfloat16-profiled (JAX's stages overlapped); ROWS='.*' runs
+# every one
+default_rows='resnet50-float16-none|resnet50-float16-none-bfloat16|lite0-pretrained-zstd|lite0-pretrained-zstd-no-warm-up'
+default_rows+='|resnet50-pooled-bfloat16|resnet50-pooled-bfloat16-nvjpeg|lite0-pretrained-zstd-nvjpeg'
+ROWS=${ROWS:-$default_rows|lite0-pretrained-zstd-profiled}
 run() {  # name, then gpu_extract.py options; ROWS (a regular expression) picks the rows that run
   local name=$1; shift
   step rows && [[ "$name" =~ ^($ROWS)$ ]] || return 0
@@ -52,6 +54,8 @@ fi
 # Most telling first: what comes back if the call runs out of time is what it finished. Decoding alone
 # on threads (923-1,360 img/s on the H200, not the engine's choice there) is measured in the first run only.
 run resnet50-float16-none --backbone resnet50 --compression none
+# A probe: the same in mixed bfloat16 (a key of its own), where the IEEE float32 forward bounded the row
+run resnet50-float16-none-bfloat16 --backbone resnet50 --compression none --compute-dtype bfloat16 --decode-only processes
 later="--decode-only processes,nvjpeg"
 # JPEGs decoded on the GPU (extract --decoder nvjpeg: a cache key of its own) for the two targets the host's
 # decoders bounded, the pooled one with the backbone in mixed bfloat16 (--compute-dtype: a key of its own).
@@ -62,6 +66,10 @@ run lite0-pretrained-zstd-nvjpeg --backbone efficientnet-lite0 --weights imagene
 run lite0-pretrained-none --backbone efficientnet-lite0 --weights imagenet --compression none $later
 run resnet50-pooled --backbone resnet50 --store pooled $later
 run lite0-pretrained-zstd --backbone efficientnet-lite0 --weights imagenet --compression zstd $later
+# A probe: the same without the warm-up, which now runs on the engine's thread while another thread decodes the
+# first batch (PyTorch keeps cuDNN's execution plans per thread: on the build thread it was paid twice)
+run lite0-pretrained-zstd-no-warm-up --backbone efficientnet-lite0 --weights imagenet --compression zstd --no-warm-up \
+  $later
 # A probe: the same with the decoders and compression threads at normal priority, as before 2026-11-28's third
 # session; the engine now runs them at nice 10 next to a GPU too, so that they yield to its thread
 run lite0-pretrained-zstd-helpers-normal --backbone efficientnet-lite0 --weights imagenet --compression zstd \
@@ -96,6 +104,7 @@ step vs-cpu && for backbone_weights in resnet50:none efficientnet-lite0:imagenet
     timeout 120 python3 bench/device_vs_cpu.py --backbone "${backbone_weights%%:*}" --weights "${backbone_weights#*:}" \
       --images 16 --source "$source" $tf32 --json "$RESULTS/vs-cpu-${backbone_weights%%:*}${tf32}.json" 2>&1 \
       | tee -a "$RESULTS/log.txt" | grep -v -E '^(I|W|E)0000|oneDNN|cuda_' | tail -2
+    pack
   done
 done
 step nvjpeg && echo "== nvJPEG's pixels against Pillow's on every source photo, through TorchCodec and through torchvision"

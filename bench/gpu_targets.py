@@ -51,6 +51,13 @@ TARGETS = {
     # a probe: the pooled bfloat16 row without the first call's warm-up on the build thread (bench/common.skip_warm_up)
     "resnet50-pooled-bfloat16-no-warm-up": ("pooled vectors only, bfloat16 compute, first call not warmed up: "
                                             "reported", 0, None),
+    # a probe: the first row in mixed bfloat16 (a key of its own; its maps are not within float16 rounding of a
+    # float32 forward, so it is not the target's), where IEEE float32 bounded the forward at ~770 img/s
+    "resnet50-float16-none-bfloat16": ("uncompressed float16 maps, bfloat16 compute: reported", 0, None),
+    # a probe: Lite0's zstd row without the warm-up, which now runs on the engine's thread while the first
+    # batch decodes (PyTorch keeps cuDNN's plans per thread)
+    "lite0-pretrained-zstd-no-warm-up": ("compressed full maps, pretrained Lite0, first call not warmed up: reported",
+                                         0, None),
 }
 
 

@@ -1,11 +1,12 @@
 """Where each thread of a profiled extraction spent its time: a summary of py-spy's collapsed stacks.
 
-    python bench/profile_summary.py PROFILE [--thread MainThread] [--top 15]
+    python bench/profile_summary.py PROFILE [--thread NAME] [--top 15]
 
 Reads what ``gpu_extract.py --profile`` wrote (py-spy ``record --threads --idle --nonblocking
 --format raw``: one line per distinct stack, ``thread (tid): name;frame;...;frame count``). Prints
 each thread name's samples (threads of one name, such as a pool's, added up), then for ``--thread``
-(the engine's thread is MainThread in gpu_extract.py) the places where its samples ended: the
+(the engine's thread: featurebank-engine in gpu_extract.py since 2026-11-28's fourth session,
+MainThread in the profiles before) the places where its samples ended: the
 innermost Python frame and, where the profile has native frames (py-spy ``--native``), the
 innermost named one below it, with their shares. A native frame in ``take_gil`` means the thread
 was waiting for the GIL.
@@ -47,7 +48,7 @@ def place(frames: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", type=Path)
-    parser.add_argument("--thread", default="MainThread")
+    parser.add_argument("--thread", default=None, help="[featurebank-engine where sampled, else MainThread]")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     stacks = parse(args.profile)
@@ -55,9 +56,10 @@ def main() -> None:
     for name, _, count in stacks:
         threads[re.sub(r"_\d+$", "", name)] += count
     print("samples per thread name:", ", ".join(f"{name} {count}" for name, count in threads.most_common()))
+    args.thread = args.thread or ("featurebank-engine" if "featurebank-engine" in threads else "MainThread")
     places = Counter()
     for name, frames, count in stacks:
-        if name == args.thread:
+        if re.sub(r"_\d+$", "", name) == args.thread:
             places[place(frames)] += count
     total = sum(places.values())
     print(f"{args.thread}: {total} samples; where they ended:")

@@ -23,6 +23,7 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     for name in ("forward_img_s", "decode_threads_img_s", "decode_processes_img_s", "write_img_s", "extract_img_s"):
         assert figures[name] > 0, name
     assert figures["decode_img_s"] == figures["decode_threads_img_s"]  # the engine decodes in threads on a CPU
+    assert figures["decode_threads_steady_img_s"] > 0  # after its first batch, as the extraction's steady rate
     # nvJPEG needs a CUDA GPU (and TorchCodec or torchvision): measured as not run, with the reason, and the run goes on
     assert figures["decode_nvjpeg_img_s"] == 0 and "--decoder nvjpeg" in figures["decode_nvjpeg_error"]
     assert figures["nvjpeg_vs_pillow"] == figures["decode_nvjpeg_error"]
@@ -43,7 +44,7 @@ def test_gpu_extract_small_setting_on_cpu(tmp_path, make_images):
     table = subprocess.run([sys.executable, "gpu_targets.py", str(tmp_path / "runs")], cwd=BENCH, capture_output=True,
                            text=True, timeout=60)
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
-    assert table.returncode == 0 and len(rows) == 1 + 12, table.stderr  # a header, then each run gpu_run.sh makes
+    assert table.returncode == 0 and len(rows) == 1 + 14, table.stderr  # a header, then each run gpu_run.sh makes
     assert rows[1].endswith("not run |") and rows[4].endswith("| missed |")  # a CPU does not make 3000 img/s
     assert " / 0 | " in rows[4]  # its nvJPEG decode column: not run here
     assert all(row.endswith("not run |") for row in rows[5:])  # the bfloat16 and nvJPEG runs, the probes
@@ -267,6 +268,16 @@ def test_profile_summary_adds_up_threads_and_where_the_engine_thread_ended(tmp_p
     assert lines[1] == "MainThread: 40 samples; where they ended:"
     assert lines[2].split() == ["75.0%", "submit", "(device.py:103)", ">", "__memmove_avx_unaligned"]
     assert lines[3].split() == ["25.0%", "fetch", "(device.py:131)", ">", "take_gil"]
+
+    # gpu_extract.py runs extraction on a thread of its own (featurebank-engine_0): that one is summed up by default
+    (tmp_path / "engine.txt").write_text(
+        "thread (11): MainThread;main (gpu_extract.py:250);result (_base.py:451) 40\n"
+        "thread (14): featurebank-engine_0;extract (extraction.py:269);submit (device.py:103) 9\n")
+    done = subprocess.run([sys.executable, "profile_summary.py", str(tmp_path / "engine.txt")], cwd=BENCH,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:3] == ["featurebank-engine: 9 samples; where they ended:",
+                                             "  100.0%  submit (device.py:103)"]
 
 
 def test_compression_gil_runs_its_three_ways(tmp_path):

@@ -143,6 +143,34 @@ def test_next_to_a_gpu_the_first_call_is_warmed_up_on_the_engines_thread_while_t
     np.testing.assert_array_equal(cpu.X, gpu.X)
 
 
+def test_next_to_a_gpu_decoding_processes_start_beside_the_warm_up(tmp_path, make_images, monkeypatch):
+    """The engine's decoder next to a GPU: its pool starts on the first batch's thread (loky's processes, the
+    shared-memory ring), and the rest of the run goes on from the engine's thread, to the same cache."""
+    import dataclasses
+    import threading
+
+    import numpy as np
+
+    from featurebank import extraction
+    from featurebank.embed import Embedder
+
+    make_images(tmp_path / "data", 1)
+    warmed = []
+    monkeypatch.setattr(Embedder, "warm_up", lambda self, batch, size: warmed.append(threading.current_thread().name))
+    options = dict(backbone="rgb-stats", weights="none", batch_size=2, input_size=(40, 32), decoder="processes",
+                   decode_workers=2)
+    featurebank.extract(tmp_path / "data", cache=tmp_path / "cpu", **options)
+    choose_sizes = extraction.choose_sizes
+    monkeypatch.setattr(extraction, "choose_sizes",
+                        lambda *a, **k: dataclasses.replace(choose_sizes(*a, **k), device="gpu: a test's"))
+    report = featurebank.extract(tmp_path / "data", cache=tmp_path / "gpu", **options)
+    assert report.new == 6 and report.sizes["decoder"] == "processes"
+    assert warmed == [threading.current_thread().name]
+    assert not [t for t in threading.enumerate() if t.name == "featurebank-first-batch"]
+    cpu, gpu = (featurebank.load(tmp_path / name, backbone="rgb-stats", pooling="avg") for name in ("cpu", "gpu"))
+    np.testing.assert_array_equal(cpu.X, gpu.X)
+
+
 @pytest.mark.parametrize("failing_step", ["build", "warm-up"])
 def test_next_to_a_gpu_a_failing_build_or_warm_up_is_raised_and_leaves_no_thread(
         tmp_path, make_images, monkeypatch, failing_step):

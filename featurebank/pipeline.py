@@ -144,32 +144,27 @@ class LazyEmbedder:
         finally:
             self._built.set()
 
-    def built(self) -> None:
-        """Wait for the build, adding the wait to ``build_seconds``."""
+    def built(self, first_batch_at: Callable[[], float | None] | None = None) -> None:
+        """Wait for the build, adding the wait to ``build_seconds``.
+
+        While the first batch is decoded elsewhere (``first_batch_at()``: when it was there, None
+        before), only what outlasted that decoding counts, as when the first batch waits for the build.
+        """
         if not self._built.is_set():
             started = time.perf_counter()
             self.start()
             self._built.wait()
-            self.build_seconds += time.perf_counter() - started
+            done = time.perf_counter()
+            arrived = started if first_batch_at is None else first_batch_at()
+            if arrived is not None and arrived < done:
+                self.build_seconds += done - max(arrived, started)
 
-    def warm_up_here(self, first_batch_at: Callable[[], float | None]) -> None:
-        """Wait for the build, then make the warm-up's call on this thread (once); raises what either raised.
-
-        Called while the first batch is decoded elsewhere. Of the wait for the build, only what
-        outlasted that decoding counts as ``build_seconds`` (``first_batch_at()``: when the first
-        batch was there, None before), as when the first batch waits for the build.
-        """
-        started = time.perf_counter()
-        self.start()
-        self._built.wait()
-        done, arrived = time.perf_counter(), first_batch_at()
-        if arrived is not None and arrived < done:
-            self.build_seconds += done - max(arrived, started)
-        if self._error is not None:
-            raise self._error
+    def warm_up_here(self) -> None:
+        """Make the warm-up's call on this thread, once, the build done; raises what the build or the warm-up raised."""
+        embedder = self.get()
         if not self._warmed:
             self._warmed = True
-            self.warm_up(self.embedder)
+            self.warm_up(embedder)
 
     def get(self) -> Embedder:
         """The embedder, built; raises what the build raised."""
@@ -189,7 +184,8 @@ def first_batch_beside_warm_up(batches: Iterator[T], embed: LazyEmbedder, clock:
 
     The decoding pool's start and the first batch's decoding then overlap the backbone's first
     call (``LazyEmbedder.warm_up_here``, timed as "backbone"), which runs on this thread, the one
-    that submits every batch after it.
+    that submits every batch after it. The wait for the build is ``build_seconds`` as far as it
+    outlasted the first batch's decoding.
     """
     fetched: dict = {}
 
@@ -204,8 +200,9 @@ def first_batch_beside_warm_up(batches: Iterator[T], embed: LazyEmbedder, clock:
     fetcher.start()
     try:
         try:
+            embed.built(lambda: fetched.get("at"))
             with clock.timing("backbone"):
-                embed.warm_up_here(lambda: fetched.get("at"))
+                embed.warm_up_here()
         finally:
             with clock.timing("decode"):
                 fetcher.join()

@@ -204,9 +204,9 @@ def test_next_to_a_gpu_a_failing_build_or_warm_up_is_raised_and_leaves_no_thread
 
 
 def test_a_warm_up_runs_on_the_callers_thread_and_build_time_is_what_outlasted_the_first_batch():
-    """warm_up_here waits for the build and warms up on the calling thread, once; of the wait for the build,
-    build_seconds keeps what outlasted the first batch's decoding (none while that batch was not there yet);
-    errors in the build or the warm-up come out of it."""
+    """warm_up_here warms up on the calling thread, once; of the wait for the build beside the first batch's decoding,
+    build_seconds keeps what outlasted that decoding (none while that batch was not there yet); errors in the build
+    or the warm-up come out of it."""
     import threading
 
     from featurebank.pipeline import LazyEmbedder
@@ -214,28 +214,32 @@ def test_a_warm_up_runs_on_the_callers_thread_and_build_time_is_what_outlasted_t
     warmed = []
     lazy = LazyEmbedder(lambda: time.sleep(0.2) or "embedder",
                         warm_up=lambda e: warmed.append((e, threading.current_thread().name)))
-    lazy.warm_up_here(lambda: None)  # the first batch not decoded yet: the build held nothing up
+    lazy.built(lambda: None)  # the first batch not decoded yet: the build held nothing up
+    lazy.warm_up_here()
     assert lazy.build_seconds == 0.0 and warmed == [("embedder", threading.current_thread().name)]
     assert not lazy.needs_warm_up and lazy.get() == "embedder"
-    lazy.warm_up_here(lambda: None)
+    lazy.warm_up_here()
     assert len(warmed) == 1  # once
 
     lazy = LazyEmbedder(lambda: time.sleep(0.2) or "embedder", warm_up=lambda e: None)
-    lazy.warm_up_here(lambda: 0.0)  # the first batch was there all along: the whole wait held it up
+    lazy.built(lambda: 0.0)  # the first batch was there all along: the whole wait held it up
     assert lazy.build_seconds >= 0.15
+    lazy = LazyEmbedder(lambda: time.sleep(0.2) or "embedder")
+    lazy.built()  # no first batch decoded elsewhere: the whole wait, as always
+    assert lazy.build_seconds >= 0.15 and not lazy.needs_warm_up
 
     def failing(embedder):
         raise MemoryError("out of device memory")
 
     lazy = LazyEmbedder(lambda: "embedder", warm_up=failing)
     with pytest.raises(MemoryError, match="out of device memory"):
-        lazy.warm_up_here(lambda: None)
+        lazy.warm_up_here()
 
     def failing_build():
         raise OSError("weights.h5: unreadable")
 
     lazy = LazyEmbedder(failing_build, warm_up=lambda e: None)
     with pytest.raises(OSError, match="unreadable"):
-        lazy.warm_up_here(lambda: None)
+        lazy.warm_up_here()
     with pytest.raises(OSError, match="unreadable"):
         lazy.get()

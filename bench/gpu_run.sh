@@ -11,7 +11,7 @@
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
 # It also runs here, on a CPU, at small size:
 #   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
-# STEPS (probe,rows,arithmetic,vs-cpu,nvjpeg,parent,gil,priority or all; the first four by default) and ROWS (a regular expression
+# STEPS (probe,rows,arithmetic,vs-cpu,nvjpeg,parent,gil,priority or all; the first two by default) and ROWS (a regular expression
 # of row names) pick
 # what runs, for a second call after the first: STEPS=rows ROWS='lite0-.*' bash bench/gpu_run.sh
 set -uo pipefail

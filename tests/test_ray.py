@@ -119,6 +119,24 @@ def test_a_ray_actor_on_a_gpu_warms_up_its_first_call_as_it_starts(monkeypatch):
     assert calls == [(4, (64, 48))] and torch.get_num_threads() == threads
 
 
+def test_ray_data_calls_an_actor_on_another_thread_than_the_one_that_built_it(local_ray):
+    """Why EmbedActor runs its warm-up and batches on a thread of its own: Ray Data builds an actor on one thread and
+    calls it on another, so a warm-up made in the constructor would not serve PyTorch's per-thread cuDNN plans.
+    Should a Ray release call actors on the building thread, this fails and the device thread can go."""
+    import threading
+
+    class ThreadProbe:  # defined here, so that Ray's workers get it by value (they cannot import this module)
+        def __init__(self):
+            self.built_on = threading.get_ident()
+
+        def __call__(self, batch: dict) -> dict:
+            return {"same": np.array([threading.get_ident() == self.built_on] * len(batch["id"]))}
+
+    data = ray.data.range(16, override_num_blocks=4).map_batches(ThreadProbe, batch_size=4, batch_format="numpy",
+                                                                  concurrency=1, num_cpus=0)
+    assert {bool(row["same"]) for row in data.take_all()} == {False}
+
+
 def test_a_ray_actor_embeds_on_the_thread_it_warmed_up_on_whichever_thread_calls_it(monkeypatch):
     """Ray Data calls an actor on a thread other than the one that built it, and PyTorch keeps cuDNN's plans per
     thread: the warm-up and every batch run on the actor's one device thread, and the features are the embedder's."""

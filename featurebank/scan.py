@@ -8,6 +8,8 @@ import hashlib
 import operator
 import os
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 
 from featurebank.errors import DatasetError
 from featurebank.memo import HashMemo, memo_path
+from featurebank.sizing import usable_cores
 
 # Magic numbers of the image formats we accept, checked on content rather than extension.
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -28,6 +31,11 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"BM", "BMP"),
 )
 _HEADER_BYTES = 16
+HASH_CHUNK = 64  # files per task of the hashing threads: the per-task cost stays small beside 64 reads
+# Files smaller than this on average are hashed on one thread: each file holds the GIL for its Python (~15 µs),
+# and below ~32 KiB that outweighs what the threads share (bench/hashing.py: 2 KiB files 0.43x, 32 KiB 0.99x,
+# TrashNet's 57 KiB photos 1.43x on 2 threads).
+HASH_THREADS_FROM_BYTES = 32 << 10
 
 
 class Sample(NamedTuple):
@@ -91,16 +99,27 @@ def sniff_image_format(header: bytes) -> str | None:
     return None
 
 
-def hash_file(path: Path, chunk_size: int = 1 << 20) -> tuple[str, bytes]:
-    """SHA-256 of a file's bytes and its first bytes (for format sniffing), in one read."""
+def hash_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[str, bytes]:
+    """SHA-256 of a file's bytes and its first bytes (for format sniffing), in one read.
+
+    The bytes go into a buffer this thread reuses: a fresh 1 MiB buffer per file is a mapping of
+    its own (glibc maps large blocks), and making and dropping one per file serialised the hashing
+    threads on the process's memory map (``bench/hashing.py``: 1.0x on 2 threads, 1.5x with reuse).
+    """
+    view = getattr(_READ_BUFFER, "view", None)
+    if view is None or len(view) != chunk_size:
+        view = _READ_BUFFER.view = memoryview(bytearray(chunk_size))
     digest = hashlib.sha256()
     header = b""
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
+    with open(path, "rb", buffering=0) as fh:
+        while read := fh.readinto(view):
             if not header:
-                header = chunk[:_HEADER_BYTES]
-            digest.update(chunk)
+                header = bytes(view[:_HEADER_BYTES])
+            digest.update(view[:read])
     return digest.hexdigest(), header
+
+
+_READ_BUFFER = threading.local()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -115,18 +134,21 @@ def _is_hidden(name: str) -> bool:
     return name[:1] == "." or name in _SYSTEM_NAMES
 
 
-def inspect_file(path: Path, info: os.stat_result | None = None) -> tuple[str, str] | Skipped:
-    """Return (sha256, format) for a usable image file, or a Skipped with the reason it is not one."""
-    shown = str(path)
-    if path.is_symlink() and not path.exists():
+def inspect_file(path: str | os.PathLike, info: os.stat_result | None = None) -> tuple[str, str] | Skipped:
+    """Return (sha256, format) for a usable image file, or a Skipped with the reason it is not one.
+
+    ``info``: the file's ``stat`` (following links) where the caller has it; a file that has one is no broken link.
+    """
+    shown = os.fspath(path)
+    if info is None and os.path.islink(shown) and not os.path.exists(shown):
         return Skipped(shown, "broken symbolic link")
     try:
-        info = info or path.stat()
+        info = info or os.stat(shown)
         if not stat.S_ISREG(info.st_mode):
             return Skipped(shown, "not a regular file")
         if info.st_size == 0:
             return Skipped(shown, "empty file (0 bytes)")
-        sha256, header = hash_file(path)
+        sha256, header = hash_file(shown)
     except PermissionError:
         return Skipped(shown, "cannot read file: permission denied")
     except OSError as exc:
@@ -135,6 +157,30 @@ def inspect_file(path: Path, info: os.stat_result | None = None) -> tuple[str, s
     if fmt is None:
         return Skipped(shown, "not an image (content is not JPEG, PNG, WebP, GIF or BMP)")
     return sha256, fmt
+
+
+def inspect_files(paths: list[str], infos: list[os.stat_result | None], *,
+                  workers: int | None = None) -> list[tuple[str, str] | Skipped]:
+    """``inspect_file`` of each path (with its ``stat``), in order, on ``workers`` threads.
+
+    Reading a file and hashing its bytes both release the GIL (hashlib does for updates of 2 KiB and
+    more), so a first scan of a collection of photos runs on every core instead of one: next to a
+    GPU it is a fixed cost of every run over new files, paid before the first batch (BENCHMARKS.md,
+    ``bench/hashing.py``). ``workers=None`` takes every usable core where the files average
+    HASH_THREADS_FROM_BYTES or more, and one thread for smaller files, whose Python outweighs their
+    hashing. Files go to the threads HASH_CHUNK at a time; the results, and so the skipped files'
+    order, are the same as one thread's.
+    """
+    if workers is None:
+        sizes = [info.st_size for info in infos if info is not None]
+        large = bool(sizes) and sum(sizes) >= HASH_THREADS_FROM_BYTES * len(sizes)
+        workers = usable_cores() if large else 1
+    if workers < 2 or len(paths) <= HASH_CHUNK:
+        return [inspect_file(path, info) for path, info in zip(paths, infos)]
+    chunks = [range(start, min(start + HASH_CHUNK, len(paths))) for start in range(0, len(paths), HASH_CHUNK)]
+    with ThreadPoolExecutor(min(workers, len(chunks)), thread_name_prefix="featurebank-hash") as pool:
+        done = pool.map(lambda chunk: [inspect_file(paths[i], infos[i]) for i in chunk], chunks)
+        return [inspected for chunk in done for inspected in chunk]
 
 
 def _walk(folder: str, prefix: str, relpaths: list[str], infos: list, skipped: list[Skipped]) -> None:
@@ -207,11 +253,12 @@ def _collector_paused():
 
 
 def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None = None,
-                rehash: bool = False) -> ScanResult:
+                rehash: bool = False, hash_workers: int | None = None) -> ScanResult:
     """Find every image under ``root/<class>/...``; class names are the sorted sub-folder names.
 
     With ``memo_dir``, files whose size, modification time and inode match the hash memo kept
-    there are not read again (``rehash`` reads them all). Files are recognised by content, not extension. Hidden files, system files and non-images are
+    there are not read again (``rehash`` reads them all); the others are read and hashed on
+    ``hash_workers`` threads (None: as ``inspect_files`` chooses from the files' sizes). Files are recognised by content, not extension. Hidden files, system files and non-images are
     listed in ``skipped`` with a reason; files directly under ``root`` are skipped too, since they
     belong to no class. Images in nested folders belong to their top-level class folder.
     """
@@ -257,8 +304,8 @@ def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
         return result
     sha256s, formats, _ = found
     usable = np.ones(len(relpaths), bool)
-    for i, info in zip(unknown, infos):  # new or changed files: read and hash them
-        inspected = inspect_file(Path(top, relpaths[i]), info)
+    inspections = inspect_files([os.path.join(top, relpaths[i]) for i in unknown], infos, workers=hash_workers)
+    for i, inspected in zip(unknown, inspections):  # new or changed files, read and hashed
         if inspected.__class__ is Skipped:
             result.skipped.append(inspected)
             usable[i] = False

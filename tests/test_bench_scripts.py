@@ -290,3 +290,15 @@ def test_compression_gil_runs_its_three_ways(tmp_path):
     medians = json.loads(out.read_text())["medians"]
     assert medians["none"]["batches_per_s"] == 0 and min(m["forwards_per_s"] for m in medians.values()) > 0
     assert medians["per-row"]["batches_per_s"] > 0 and medians["batch"]["batches_per_s"] > 0
+
+
+def test_hashing_bench_hashes_each_way_to_the_same_result(tmp_path, make_images):
+    make_images(tmp_path / "source", 2)
+    done = subprocess.run([sys.executable, "hashing.py", "--data", str(tmp_path / "source"), "--distinct", "40",
+                           "--data-dir", str(tmp_path / "jpegs"), "--workers", "1,2", "--repeats", "1"],
+                          cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["files"] == 40 and figures["same_results"] is True
+    assert set(figures["ways"]) == {"1", "2"} and figures["ways"]["1"]["speed_vs_1"] == 1.0
+    assert all(way["files_s"] > 0 and len(way["runs_seconds"]) == 1 for way in figures["ways"].values())

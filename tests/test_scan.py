@@ -97,3 +97,58 @@ def test_hash_memo_learns_new_files_in_a_delta_and_folds_it_into_a_new_base(tmp_
     hashed.clear()
     scan = scan_folder(data, memo_dir=memo_dir)
     assert hashed == [] and scan.sha256s == [hashlib.sha256((data / p).read_bytes()).hexdigest() for p in scan.relpaths]
+
+
+def test_hashing_threads_give_one_threads_hashes_formats_and_skipped_files(tmp_path, monkeypatch):
+    import hashlib
+    import os
+    import threading
+
+    import numpy as np
+
+    import featurebank.scan
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    expected = {}
+    for i in range(150):  # three chunks of the hashing threads and more; sizes around the threads' threshold
+        folder = data / ("glass", "paper")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        body = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")[i % 2] + rng.bytes(int(rng.integers(20_000, 90_000)))
+        (folder / f"{i:03d}.img").write_bytes(body)
+        expected[f"{folder.name}/{i:03d}.img"] = hashlib.sha256(body).hexdigest()
+    for i in (7, 70, 140):  # broken files among them, in every chunk
+        (data / "glass" / f"{i:03d}-empty.jpg").write_bytes(b"")
+        (data / "paper" / f"{i:03d}-text.jpg").write_text("not a photo")
+        (data / "glass" / f"{i:03d}-dangling.jpg").symlink_to(data / "nowhere.jpg")
+        os.mkfifo(data / "paper" / f"{i:03d}-pipe.jpg")
+    threads = set()
+    hash_file = featurebank.scan.hash_file
+
+    def recorded(path):
+        threads.add(threading.current_thread().name)
+        return hash_file(path)
+
+    monkeypatch.setattr(featurebank.scan, "hash_file", recorded)
+    one = scan_folder(data, hash_workers=1)
+    assert threads == {threading.current_thread().name}
+    assert dict(zip(one.relpaths, one.sha256s)) == expected
+    assert {s.reason for s in one.skipped} == {"empty file (0 bytes)", "broken symbolic link", "not a regular file",
+                                                "not an image (content is not JPEG, PNG, WebP, GIF or BMP)"}
+    threads.clear()
+    four = scan_folder(data, hash_workers=4)
+    assert threads and all(name.startswith("featurebank-hash") for name in threads)
+    assert (four.relpaths, four.labels, four.sha256s, four.formats, four.skipped) == \
+           (one.relpaths, one.labels, one.sha256s, one.formats, one.skipped)
+
+    monkeypatch.setattr(featurebank.scan, "usable_cores", lambda: 3)  # the choice, on any machine
+    threads.clear()
+    assert scan_folder(data).sha256s == one.sha256s  # files of ~55 KB on average: threads
+    assert threads and all(name.startswith("featurebank-hash") for name in threads)
+    small = tmp_path / "small" / "a"
+    small.mkdir(parents=True)
+    for i in range(100):
+        (small / f"{i}.jpg").write_bytes(b"\xff\xd8\xff" + rng.bytes(2000))
+    threads.clear()
+    assert len(scan_folder(small.parent).sha256s) == 100
+    assert threads == {threading.current_thread().name}  # small files: one thread, whose Python is the cost

@@ -32,9 +32,9 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 )
 _HEADER_BYTES = 16
 HASH_CHUNK = 64  # files per task of the hashing threads: the per-task cost stays small beside 64 reads
-# Files smaller than this on average are hashed on one thread: each file holds the GIL for its Python (~15 µs),
-# and below ~32 KiB that outweighs what the threads share (bench/hashing.py: 2 KiB files 0.43x, 32 KiB 0.99x,
-# TrashNet's 57 KiB photos 1.43x on 2 threads).
+# Files smaller than this on average are hashed on one thread: each file's Python holds the GIL, and below
+# ~32 KiB that outweighs what the threads share (bench/hashing.py --sizes, 2 threads on 2 cores: files of 2 KiB
+# 0.46x, 8 KiB 0.59x, 32 KiB 1.12x, 64 KiB 1.35x; TrashNet's 57 KiB photos 1.27x).
 HASH_THREADS_FROM_BYTES = 32 << 10
 
 
@@ -104,7 +104,7 @@ def hash_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[str, 
 
     The bytes go into a buffer this thread reuses: a fresh 1 MiB buffer per file is a mapping of
     its own (glibc maps large blocks), and making and dropping one per file serialised the hashing
-    threads on the process's memory map (``bench/hashing.py``: 1.0x on 2 threads, 1.5x with reuse).
+    threads on the process's memory map (``bench/hashing.py`` on TrashNet gave 2 threads no gain over one).
     """
     view = getattr(_READ_BUFFER, "view", None)
     if view is None or len(view) != chunk_size:

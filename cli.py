@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 
 import click
 
 import featurebank
+from classifiers import describe
 from classifiers.options import (
     DEFAULT_HEAD,
     FEATURE_THRESHOLD,
@@ -26,6 +26,7 @@ from featurebank.extraction import ENGINES
 from featurebank.errors import FeaturebankError
 from featurebank.load import VECTOR_POOLINGS
 from featurebank.pipeline import describe_stages
+from featurebank.progress import TqdmProgress
 from featurebank.sizing import DECODERS, EngineSizes
 
 
@@ -82,25 +83,36 @@ def echo_json(payload: dict) -> None:
     click.echo(json.dumps(payload, indent=None, default=str))
 
 
-class TqdmProgress(featurebank.extraction.Progress):
-    def __init__(self, unit: str = "img"):
-        self.unit = unit
-        self.bar = None
+# Options that several commands take, defined once (click makes a new parameter at each use).
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+CACHE_OPTION = click.option("--cache", default="cache", show_default=True, type=click.Path(file_okay=False),
+                            help="Cache folder.")
+WEIGHTS_PICK = click.option("--weights", default=None, help="Pick the cache made with these weights, if several.")
+DTYPE_PICK = click.option("--dtype", default=None, type=click.Choice(DTYPES), help="Pick the cache of this dtype, if several.")
+KEY_PICK = click.option("--key", default=None, help="Pick a cache by (a prefix of) its key.")
+EXCLUDE_OPTION = click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
+                              help="Leave out the images of an exclusion list (featurebank audit --write-exclude).")
+RUNS_DIR_OPTION = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+                               help="Where run folders are written.")
+RECORDED_DATA = click.option("--data", default=None, type=click.Path(file_okay=False),
+                             help="Image folder the cache was built from [default: the one recorded in the cache].")
+SEED_OPTION = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first run.")
+BALANCED_OPTION = click.option("--balanced", type=click.IntRange(1), default=None,
+                               help="Use N images per class (the study: 127).")
 
-    def start(self, total: int) -> None:
-        from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+def stacked(*options):
+    """One decorator applying ``options`` in the order listed (the first is the first in --help)."""
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
 
-    def advance(self, count: int) -> None:
-        self.bar.update(count)
 
-    def engine(self, sizes) -> None:
-        click.echo(f"engine: {sizes.describe()}", err=True)
-
-    def finish(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def echo_lines(lines: list[str], err: bool = False) -> None:
+    for line in lines:
+        click.echo(line, err=err)
 
 
 def backbone_names() -> list[str]:
@@ -121,8 +133,7 @@ def main() -> None:
               help="Image folder with one sub-folder per class.")
 @click.option("--backbone", default="resnet50", show_default=True, type=click.Choice(backbone_names()),
               help="Frozen network whose last convolutional output is stored.")
-@click.option("--cache", default="cache", show_default=True, type=click.Path(file_okay=False),
-              help="Cache folder.")
+@CACHE_OPTION
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (downloaded by Keras, hash-checked), 'none' (random, for tests) or a local weights file.")
 @click.option("--batch-size", default=None, type=click.IntRange(1),
@@ -196,11 +207,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
             click.echo(f"skipped {item.path}: {item.reason}", err=True)
         if report.sizes and not show_progress:  # with a progress bar it was shown when the run started
             click.echo(f"engine: {EngineSizes(**report.sizes).describe()}", err=True)
-        click.echo(
-            f"{report.new} new, {report.cached} already cached, {len(report.skipped)} skipped in "
-            f"{report.seconds:.1f} s ({report.images_per_s:.1f} images/s) → {report.cache_file}",
-            err=True,
-        )
+        click.echo(report.summary(), err=True)
         if report.stage_seconds:
             click.echo(describe_stages(report.stage_seconds, report.phase_seconds), err=True)
     if strict and report.skipped:
@@ -209,7 +216,7 @@ def extract(data, backbone, cache, weights, batch_size, dtype, compression, stor
 
 # -- info --------------------------------------------------------------------------------------------------
 @main.command(short_help="List the feature caches in a cache folder.")
-@click.option("--cache", default="cache", show_default=True, type=click.Path(file_okay=False), help="Cache folder.")
+@CACHE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def info(cache, as_json):
     """List every cache in CACHE: backbone, weights, dtype, input size, images and bytes on disk."""
@@ -227,77 +234,41 @@ def info(cache, as_json):
         return
     if not rows and not broken:
         click.echo(f"{cache}: no feature caches (create one with `featurebank extract --data DIR`)")
-    for row in rows:
-        shape = "x".join(map(str, row["feature_shape"])) or "none (pooled vectors only)"
-        click.echo(
-            f"{os.path.basename(row['cache_file'])}  backbone={row['backbone']} weights={row['weights'][:23]} "
-            f"dtype={row['dtype']} input={'x'.join(map(str, row['input_size']))} features={shape} "
-            f"store={row['store']} augment={row['augment']} stages={'yes' if row['stage_width'] else 'no'} "
-            f"compute={row['compute_dtype']} decoder={row['decoder']} images={row['images']} size={row['bytes'] / 1e6:.1f} MB"
-        )
-    for message in broken:
-        click.echo(f"error: {message}", err=True)
+    echo_lines([describe.cache_line(row) for row in rows])
+    echo_lines([f"error: {message}" for message in broken], err=True)
 
 
 # -- shared options for commands that read a cache ----------------------------------------------------------
-def cache_selection(command):
-    """--cache, --backbone, --weights, --dtype, --key: which cache a command reads (as featurebank.load)."""
-    options = [
-        click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder."),
-        click.option("--backbone", default="resnet50", show_default=True, type=click.Choice(backbone_names()),
-                     help="Backbone whose cache to use."),
-        click.option("--weights", default=None, help="Pick the cache made with these weights, if several."),
-        click.option("--dtype", default=None, type=click.Choice(DTYPES),
-                     help="Pick the cache of this dtype, if several."),
-        click.option("--key", default=None, help="Pick a cache by (a prefix of) its key."),
-        click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
-                     help="Leave out the images of an exclusion list (featurebank audit --write-exclude)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+cache_selection = stacked(  # which cache a command reads (as featurebank.load)
+    click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder."),
+    click.option("--backbone", default="resnet50", show_default=True, type=click.Choice(backbone_names()),
+                 help="Backbone whose cache to use."),
+    WEIGHTS_PICK, DTYPE_PICK, KEY_PICK, EXCLUDE_OPTION)
 
-
-def training_options(command):
-    """Options shared by every Keras training command (the study's defaults)."""
-    options = [
-        click.option("--optimizer", default="rmsprop", show_default=True, type=click.Choice(OPTIMIZERS),
-                     help="Keras optimizer, with Keras' default settings unless --lr is given."),
-        click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate [Keras default]."),
-        click.option("--epochs", default=40, show_default=True, type=click.IntRange(1), help="Most epochs."),
-        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Batch size."),
-        click.option("--patience", default=5, show_default=True, type=click.IntRange(0),
-                     help="Early stopping: epochs without val_loss improvement."),
-        click.option("--start-from-epoch", default=10, show_default=True, type=click.IntRange(0),
-                     help="Early stopping: epochs before it may stop."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first run."),
-        click.option("--repeats", default=1, show_default=True, type=click.IntRange(1),
-                     help="Train N times with seeds seed..seed+N-1 and report mean ± std."),
-        click.option("--balanced", type=click.IntRange(1), default=None,
-                     help="Use N images per class (the study: 127)."),
-        click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
-                     help="Where run folders are written."),
-        click.option("--name", default=None, help="Run folder name suffix [derived from the options]."),
-        click.option("--verbose", is_flag=True, help="Show Keras' per-epoch progress."),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+training_options = stacked(  # every Keras training command's (the study's defaults)
+    click.option("--optimizer", default="rmsprop", show_default=True, type=click.Choice(OPTIMIZERS),
+                 help="Keras optimizer, with Keras' default settings unless --lr is given."),
+    click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate [Keras default]."),
+    click.option("--epochs", default=40, show_default=True, type=click.IntRange(1), help="Most epochs."),
+    click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Batch size."),
+    click.option("--patience", default=5, show_default=True, type=click.IntRange(0),
+                 help="Early stopping: epochs without val_loss improvement."),
+    click.option("--start-from-epoch", default=10, show_default=True, type=click.IntRange(0),
+                 help="Early stopping: epochs before it may stop."),
+    SEED_OPTION,
+    click.option("--repeats", default=1, show_default=True, type=click.IntRange(1),
+                 help="Train N times with seeds seed..seed+N-1 and report mean ± std."),
+    BALANCED_OPTION, RUNS_DIR_OPTION,
+    click.option("--name", default=None, help="Run folder name suffix [derived from the options]."),
+    click.option("--verbose", is_flag=True, help="Show Keras' per-epoch progress."),
+    JSON_OPTION)
 
 
 def print_training_result(result: dict, as_json: bool) -> None:
     if as_json:
         echo_json(result)
-        return
-    if "runs" in result:
-        for run in result["runs"]:
-            click.echo(f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4f}, loss {run['test_loss']:.4f}")
-        click.echo(f"test accuracy {result['test_accuracy_mean']:.4f} ± {result['test_accuracy_std']:.4f} "
-                   f"over {len(result['runs'])} runs → {result['run_dir']}")
     else:
-        click.echo(f"test accuracy {result['test_accuracy']:.4f}, loss {result['test_loss']:.4f}, "
-                   f"macro F1 {result['macro_f1']:.4f} → {result['run_dir']}")
+        echo_lines(describe.training_lines(result))
 
 
 # -- train-head --------------------------------------------------------------------------------------------
@@ -329,7 +300,7 @@ def train_head(cache, backbone, weights, dtype, key, exclude, optimizer, learnin
               help="Run folder written by train-head.")
 @click.option("--weights", default=None, help="Backbone weights file, if it moved since extraction (hash-checked).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON_OPTION
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 def predict(run_dir, weights, batch_size, as_json, images):
     """Run the cache's backbone and the trained head on IMAGES; print class and probabilities.
@@ -343,9 +314,7 @@ def predict(run_dir, weights, batch_size, as_json, images):
     if as_json:
         echo_json(result)
     else:
-        for row in result["predictions"]:
-            others = ", ".join(f"{c} {p:.3f}" for c, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1]))
-            click.echo(f"{row['path']}: {row['class']} ({others})")
+        echo_lines([describe.prediction_line(row) for row in result["predictions"]])
     for item in result["skipped"]:
         click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
 
@@ -357,8 +326,7 @@ def predict(run_dir, weights, batch_size, as_json, images):
 @click.option("--variant", default="funnel-out", show_default=True,
               type=click.Choice(VARIANTS),
               help="The study's architecture (see README).")
-@click.option("--data", default=None, type=click.Path(file_okay=False),
-              help="Image folder the cache was built from [default: the one recorded in the cache].")
+@RECORDED_DATA
 @click.option("--image-size", type=SizeType(), default="512x384", show_default=True,
               help="Train at HxW (smaller is much faster on a CPU).")
 @click.option("--augment", is_flag=True,
@@ -391,24 +359,17 @@ def train_cnn(cache, backbone, weights, dtype, key, exclude, optimizer, learning
 @click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder.")
 @click.option("--pooling", default="avg", show_default=True, type=click.Choice(VECTOR_POOLINGS),
               help="Which stored pooled vectors the SVM sees ('stages': a cache made with extract --stages).")
-@click.option("--data", default=None, type=click.Path(file_okay=False),
-              help="Image folder, for 'classic' [default: the one recorded in the cache].")
+@RECORDED_DATA
 @click.option("--image-size", type=SizeType(), default="512x384", show_default=True, help="Image size for SIFT.")
 @click.option("--vocabulary-size", default=200, show_default=True, type=click.IntRange(2),
               help="Visual words (k-means clusters) for 'classic'.")
 @click.option("--splits-from", "backbone_for_splits", default="resnet50", show_default=True,
               help="For 'classic': the backbone cache whose splits (and images) to use.")
-@click.option("--weights", default=None, help="Pick the cache made with these weights, if several.")
-@click.option("--dtype", default=None, type=click.Choice(DTYPES), help="Pick the cache of this dtype.")
-@click.option("--key", default=None, help="Pick a cache by (a prefix of) its key.")
-@click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Leave out the images of an exclusion list (featurebank audit --write-exclude).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first run.")
+@stacked(WEIGHTS_PICK, DTYPE_PICK, KEY_PICK, EXCLUDE_OPTION, SEED_OPTION)
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Runs with seeds seed..seed+N-1.")
-@click.option("--balanced", type=click.IntRange(1), default=None, help="Use N images per class.")
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Run folders.")
+@stacked(BALANCED_OPTION, RUNS_DIR_OPTION)
 @click.option("--name", default=None, help="Run folder name suffix.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON_OPTION
 def train_svm(features, cache, pooling, data, image_size, vocabulary_size, backbone_for_splits, weights, dtype, key,
               exclude, seed, repeats, balanced, runs_dir, name, as_json):
     """Standardised RBF SVC with C and gamma chosen by cross-validation on train+val, reported on test."""
@@ -433,14 +394,9 @@ def train_svm(features, cache, pooling, data, image_size, vocabulary_size, backb
 @click.option("--pooling", default="avg+max", show_default=True, type=click.Choice(VECTOR_POOLINGS),
               help="Pooled vectors the heads see, read from the stored pooled side data ('stages': the avg-pooled "
                    "output of every stage of the backbone, stored by extract --stages).")
-@click.option("--balanced", type=click.IntRange(1), default=None, help="Evaluate on N images per class (the study: 127).")
-@click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Leave out the images of an exclusion list (featurebank audit --write-exclude).")
-@click.option("--weights", default=None, help="Pick the cache made with these weights, if several.")
-@click.option("--dtype", default=None, type=click.Choice(DTYPES), help="Pick the cache of this dtype.")
+@stacked(BALANCED_OPTION, EXCLUDE_OPTION, WEIGHTS_PICK, DTYPE_PICK)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds.")
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Run folders.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@stacked(RUNS_DIR_OPTION, JSON_OPTION)
 def evaluate(cache, backbone, heads, folds, pooling, balanced, exclude, weights, dtype, seed, runs_dir, as_json):
     """Stratified k-fold CV: per-fold and mean ± std accuracy and macro F1; tuning sees only training folds.
 
@@ -459,20 +415,14 @@ def evaluate(cache, backbone, heads, folds, pooling, balanced, exclude, weights,
                 "backbone", "pooling", "run_dir", "missing")
         echo_json({**{k: best[k] for k in keys}, "results": [{k: r[k] for k in keys} for r in reports]})
         return
-    for report in reports:
-        folds_text = ", ".join(f"{a:.3f}" for a in report["folds"])
-        click.echo(f"{report['backbone']} {report['pooling']} {report['model']}: accuracy "
-                   f"{report['accuracy_mean']:.4f} ± {report['accuracy_std']:.4f} (folds {folds_text}), macro F1 "
-                   f"{report['macro_f1_mean']:.4f} ± {report['macro_f1_std']:.4f}, {report['images']} images "
-                   f"→ {report['run_dir']}")
+    echo_lines([describe.evaluation_line(report) for report in reports])
 
 
 # -- audit -------------------------------------------------------------------------------------------------
 @main.command(short_help="Find duplicates, leaks, label conflicts, likely label errors, outliers and bad photos.")
 @click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder.")
 @click.option("--backbone", default="efficientnet-lite0", show_default=True, help="Whose cache (pooled vectors).")
-@click.option("--data", default=None, type=click.Path(file_okay=False),
-              help="Image folder [default: the one recorded in the cache].")
+@RECORDED_DATA
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Write report.html and one PNG contact sheet per finding type here.")
 @click.option("--write-exclude", "exclude_out", default=None, type=click.Path(dir_okay=False),
@@ -483,9 +433,7 @@ def evaluate(cache, backbone, heads, folds, pooling, balanced, exclude, weights,
               help="Near-duplicates: cosine similarity of pooled features at least this.")
 @click.option("--pixel-threshold", default=PIXEL_THRESHOLD, show_default=True, type=click.FloatRange(-1, 1),
               help="Near-duplicates: and grey-thumbnail correlation at least this.")
-@click.option("--exclude", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Leave out the images of an exclusion list.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@stacked(EXCLUDE_OPTION, JSON_OPTION)
 def audit(cache, backbone, data, out_dir, exclude_out, oof_file, feature_threshold, pixel_threshold, exclude,
           as_json):
     """Check a dataset from its cache: exact and near duplicates (with leaks across splits and label
@@ -506,12 +454,7 @@ def audit(cache, backbone, data, out_dir, exclude_out, oof_file, feature_thresho
     if as_json:
         echo_json(result)
         return
-    click.echo(f"{result['images']} images, backbone {backbone}, in {result['timings']['total']:.1f} s:")
-    for name, count in result["summary"].items():
-        click.echo(f"  {name.replace('_', ' ')}: {count}")
-        for finding in result[name][:3]:
-            detail = finding.get("kind") or finding.get("issue") or f"{finding.get('given')} → {finding.get('suggested')}"
-            click.echo(f"    {' | '.join(finding['paths'])}  ({detail})")
+    echo_lines(describe.audit_lines(result, backbone))
     if out_dir:
         click.echo(f"report: {result['report']['report']}")
     if exclude_out:
@@ -522,8 +465,7 @@ def audit(cache, backbone, data, out_dir, exclude_out, oof_file, feature_thresho
 @main.command(short_help="Run a named grid (the study's Table 1, baselines) over one cache.")
 @click.option("--grid", required=True, type=click.Choice(GRID_NAMES), help="Which grid.")
 @click.option("--cache", default="cache", show_default=True, type=click.Path(), help="Cache folder (ResNet50 cache).")
-@click.option("--data", default=None, type=click.Path(file_okay=False),
-              help="Image folder [default: the one recorded in the cache].")
+@RECORDED_DATA
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Runs per row.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of each row's first run.")
 @click.option("--quick", is_flag=True, help="64x48 images and 3 epochs: the whole grid in minutes (smoke test).")
@@ -531,7 +473,7 @@ def audit(cache, backbone, data, out_dir, exclude_out, oof_file, feature_thresho
               help="Image size for the CNN and SIFT rows [512x384, the study's]; smaller is much faster on a CPU.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [default: runs/<grid>[-quick]-r<repeats>]; re-running resumes it.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON_OPTION
 def experiments(grid, cache, data, repeats, seed, quick, image_size, out_dir, as_json):
     """Train every row of GRID, reusing the cache, and write results.csv and results.md (with the study's figures)."""
     from classifiers.experiments import run_grid
@@ -552,22 +494,11 @@ def backbones(as_json):
     """Backbones with their default input size, stored feature shape, bytes per image and stages (extract --stages)."""
     from featurebank.backbones import available_backbones
 
-    rows = []
-    for spec in available_backbones():
-        shape = spec.output_shape()
-        values = shape[0] * shape[1] * shape[2]
-        rows.append({"name": spec.name, "input_size": list(spec.input_size), "feature_shape": list(shape),
-                     "bytes_float32": values * 4, "bytes_float16": values * 2, "layer": spec.layer,
-                     "requires": spec.requires or None, "stages": [list(stage) for stage in spec.stages]})
+    rows = [spec.as_dict() for spec in available_backbones()]
     if as_json:
         echo_json({"backbones": rows})
-        return
-    for row in rows:
-        extra = f"  stages {len(row['stages'])} ({sum(c for _, c in row['stages'])} floats)" if row["stages"] else ""
-        extra += f"  (needs pip install -e '.[{row['requires']}]')" if row["requires"] else ""
-        click.echo(f"{row['name']:<20} input {row['input_size'][0]}x{row['input_size'][1]}  features "
-                   f"{'x'.join(map(str, row['feature_shape']))}  {row['bytes_float32'] / 1e6:.2f} MB/image float32, "
-                   f"{row['bytes_float16'] / 1e6:.2f} MB float16{extra}")
+    else:
+        echo_lines([describe.backbone_line(row) for row in rows])
 
 
 # -- demo --------------------------------------------------------------------------------------------------
@@ -577,11 +508,10 @@ def backbones(as_json):
 @click.option("--backbone", default="efficientnet-lite0", show_default=True, type=click.Choice(backbone_names()),
               help="Backbone; efficientnet-lite0's pretrained weights come from the package registry (no network).")
 @click.option("--weights", default="imagenet", show_default=True, help="As for extract.")
-@click.option("--cache", default="cache", show_default=True, type=click.Path(file_okay=False), help="Cache folder.")
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Run folders.")
+@stacked(CACHE_OPTION, RUNS_DIR_OPTION)
 @click.option("--per-class", default=20, show_default=True, type=click.IntRange(3), help="Generated images per class.")
 @click.option("--input-size", type=SizeType(), default=None, help="Resize images to HxW [backbone default].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON_OPTION
 def demo(data, backbone, weights, cache, runs_dir, per_class, input_size, as_json):
     """Extract features once, train two dense heads and an SVM on them, and print their test results."""
     from classifiers.demo import format_table, run_demo

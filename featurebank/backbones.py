@@ -44,6 +44,14 @@ class Backbone:
         height, width = input_size or self.input_size
         return (-(-height // self.stride), -(-width // self.stride), self.channels)
 
+    def as_dict(self) -> dict:
+        """What `featurebank backbones` lists: input size, stored map shape and bytes per image, stages."""
+        shape = self.output_shape()
+        values = shape[0] * shape[1] * shape[2]
+        return {"name": self.name, "input_size": list(self.input_size), "feature_shape": list(shape),
+                "bytes_float32": values * 4, "bytes_float16": values * 2, "layer": self.layer,
+                "requires": self.requires or None, "stages": [list(stage) for stage in self.stages]}
+
 
 _REGISTRY: dict[str, Backbone] = {}
 

@@ -26,8 +26,9 @@ from featurebank.gpu_decoding import import_jpeg_library
 from featurebank.errors import CacheError, InvalidArgument
 from featurebank.index import FeatureStore, IndexRows, inputs_digest
 from featurebank.pipeline import LazyEmbedder, StageClock, run_pipeline
+from featurebank.progress import Progress
 from featurebank.scan import Sample, ScanResult, Skipped, scan_folder
-from featurebank.sizing import BFLOAT16_CPU_FLAGS, EngineSizes, choose_sizes, cpu_has_bfloat16
+from featurebank.sizing import BFLOAT16_CPU_FLAGS, choose_sizes, cpu_has_bfloat16
 from featurebank.splits import DEFAULT_FRACTIONS, SplitOf, balanced_subset
 from featurebank.stored_state import StoredState
 
@@ -66,6 +67,11 @@ class ExtractReport:
     def images_per_s(self) -> float:
         return self.new / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self) -> str:
+        """One line for people: what the run did, how fast, and where the features are."""
+        return (f"{self.new} new, {self.cached} already cached, {len(self.skipped)} skipped in {self.seconds:.1f} s "
+                f"({self.images_per_s:.1f} images/s) → {self.cache_file}")
+
     def as_dict(self) -> dict:
         return {
             "cache_file": self.cache_file, "backbone": self.backbone, "key": self.key, "images": self.images,
@@ -75,15 +81,6 @@ class ExtractReport:
             "nodes": self.nodes, "sizes": self.sizes, "stage_seconds": self.stage_seconds,
             "phase_seconds": self.phase_seconds,
         }
-
-
-class Progress:
-    """Progress callbacks; the CLI passes a tqdm-backed one, the library default is silent."""
-
-    def start(self, total: int) -> None: ...
-    def engine(self, sizes: EngineSizes) -> None: ...
-    def advance(self, count: int) -> None: ...
-    def finish(self) -> None: ...
 
 
 def resolve_manifest(backbone: Backbone, *, weights: str, input_size, dtype: str, store: str = "maps",

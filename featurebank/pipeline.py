@@ -28,7 +28,8 @@ from featurebank.scan import Sample, Skipped
 if TYPE_CHECKING:
     import torch
 
-    from featurebank.extraction import ExtractionPlan, Progress
+    from featurebank.extraction import ExtractionPlan
+    from featurebank.progress import Progress
 
 T = TypeVar("T")
 

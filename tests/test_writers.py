@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -87,7 +88,7 @@ def test_memo_skips_unchanged_files_and_catches_same_size_edits(tmp_path, make_i
     featurebank.extract(data, **options)
     hashed = []
     real_hash = featurebank.scan.hash_file
-    monkeypatch.setattr(featurebank.scan, "hash_file", lambda path, *a: hashed.append(path) or real_hash(path, *a))
+    monkeypatch.setattr(featurebank.scan, "hash_file", lambda path, *a: hashed.append(Path(path)) or real_hash(path, *a))
     assert featurebank.extract(data, **options).new == 0
     assert hashed == []  # a no-op run reads no image bytes
 

@@ -57,7 +57,7 @@ run resnet50-float16-none --backbone resnet50 --compression none
 if step hashing; then  # the plan phase of every row is hashing its 10,000 files: 0.6-0.7 s on one thread (2026-11-28)
   echo "== hashing the rows' files on 1, 4 and 15 threads (a first scan: every file read and hashed)"
   timeout 60 python3 bench/hashing.py --data "$source" --distinct "$IMAGES" --data-dir /tmp/gpu-jpegs --workers 1,4,15 \
-    --repeats 3 2>&1 | tee "$RESULTS/hashing.json" | tail -1
+    --repeats 3 2>>"$RESULTS/log.txt" | tee "$RESULTS/hashing.json"  # the JSON line alone; the libraries' logs apart
   pack
 fi
 # A probe: the same in mixed bfloat16 (a key of its own), where the IEEE float32 forward bounded the row

@@ -2,6 +2,7 @@
 
     python bench/hashing.py [--data ../shared/datasets/trashnet] [--workers 1,2,4] [--repeats 3]
                             [--distinct 10000 --data-dir DIR] [--sizes 2048,8192,32768 --files 4000]
+                            [--fresh-buffers]
 
 Scans --data with a fresh hash memo (so every file is read and hashed, as in a first extraction)
 with ``scan_folder(hash_workers=W)`` for each W, the ways alternated ``--repeats`` times, after
@@ -12,11 +13,14 @@ hash in their plan phase). ``--sizes`` scans, for each size in bytes, a folder o
 of random bytes behind a JPEG signature instead: where threads start to pay (``featurebank.scan``'s
 HASH_THREADS_FROM_BYTES). Checks that every way gives the same hashes, formats and skipped files,
 and prints one JSON line per folder: files/s and MB/s per way (medians), each way over one thread.
+``--fresh-buffers`` reads each file as ``hash_file`` did before its threads reused a buffer (a
+fresh 1 MiB buffer per read): the probe behind that change.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from common import TRASHNET, alternated_medians
 
+import featurebank.scan
 from featurebank.scan import scan_folder
 from featurebank.sizing import usable_cores
 
@@ -38,7 +43,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="where --distinct's JPEGs go (kept, and reused)")
     parser.add_argument("--sizes", help="bytes per file, comma-separated: synthetic folders instead of --data")
     parser.add_argument("--files", type=int, default=4000, help="files per --sizes folder")
+    parser.add_argument("--fresh-buffers", action="store_true", help="read as hash_file did before buffer reuse")
     args = parser.parse_args()
+    if args.fresh_buffers:
+        featurebank.scan.hash_file = hash_file_with_fresh_buffers
     ways = tuple(args.workers.split(","))
     if args.sizes:
         for size in map(int, args.sizes.split(",")):
@@ -53,6 +61,16 @@ def main() -> None:
     print(json.dumps(compare(data, ways, args.repeats)))
 
 
+def hash_file_with_fresh_buffers(path) -> tuple[str, bytes]:
+    """``featurebank.scan.hash_file`` as it was before 2026-11-28's fifth session: a new 1 MiB buffer per read."""
+    digest, header = hashlib.sha256(), b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            header = header or chunk[:16]
+            digest.update(chunk)
+    return digest.hexdigest(), header
+
+
 def synthetic_folder(size: int, files: int) -> Path:
     """A class folder of ``files`` distinct files of ``size`` random bytes that start as a JPEG does."""
     rng = np.random.default_rng(size)
@@ -65,15 +83,15 @@ def synthetic_folder(size: int, files: int) -> Path:
 
 def compare(data: Path, ways: tuple[str, ...], repeats: int) -> dict:
     """``scan_folder`` of ``data`` with a fresh memo per run, each way of ``ways`` (hashing threads), alternated."""
-    reference = scan_folder(data, memo_dir=tempfile.mkdtemp(prefix="featurebank-memo-"))  # fills the page cache
+    reference = scan_folder(data)  # no memo: every file read, which fills the page cache
     files = len(reference.sha256s)
     megabytes = sum(Path(reference.root, r).stat().st_size for r in reference.relpaths) / 1e6
 
     def one_run(way: str) -> dict:
-        memo = tempfile.mkdtemp(prefix="featurebank-memo-")
-        started = time.perf_counter()
-        scan = scan_folder(data, memo_dir=memo, hash_workers=int(way))
-        seconds = time.perf_counter() - started
+        with tempfile.TemporaryDirectory(prefix="featurebank-memo-") as memo:  # fresh: a first scan's hashing
+            started = time.perf_counter()
+            scan = scan_folder(data, memo_dir=memo, hash_workers=int(way))
+            seconds = time.perf_counter() - started
         same = (scan.sha256s, scan.formats, scan.skipped) == (reference.sha256s, reference.formats, reference.skipped)
         return {"seconds": seconds, "files_s": files / seconds, "mb_s": megabytes / seconds, "same": float(same)}
 

@@ -99,16 +99,16 @@ def sniff_image_format(header: bytes) -> str | None:
     return None
 
 
-def hash_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[str, bytes]:
+def hash_file(path: str | os.PathLike) -> tuple[str, bytes]:
     """SHA-256 of a file's bytes and its first bytes (for format sniffing), in one read.
 
-    The bytes go into a buffer this thread reuses: a fresh 1 MiB buffer per file is a mapping of
-    its own (glibc maps large blocks), and making and dropping one per file serialised the hashing
-    threads on the process's memory map (``bench/hashing.py`` on TrashNet gave 2 threads no gain over one).
+    The bytes go into a buffer this thread reuses rather than a fresh 1 MiB one per read (a mapping
+    of its own, which glibc makes and drops each time): on TrashNet two hashing threads took 7-9%
+    less time so (``bench/hashing.py --fresh-buffers`` against without, BENCHMARKS.md).
     """
     view = getattr(_READ_BUFFER, "view", None)
-    if view is None or len(view) != chunk_size:
-        view = _READ_BUFFER.view = memoryview(bytearray(chunk_size))
+    if view is None:
+        view = _READ_BUFFER.view = memoryview(bytearray(_READ_BYTES))
     digest = hashlib.sha256()
     header = b""
     with open(path, "rb", buffering=0) as fh:
@@ -119,12 +119,13 @@ def hash_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> tuple[str, 
     return digest.hexdigest(), header
 
 
+_READ_BYTES = 1 << 20  # read at a time, into each thread's buffer (_READ_BUFFER)
 _READ_BUFFER = threading.local()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 hex digest of a file's bytes (images, weights files, saved models)."""
-    return hash_file(Path(path))[0]
+    return hash_file(path)[0]
 
 
 _SYSTEM_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
@@ -258,9 +259,10 @@ def scan_folder(root: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
 
     With ``memo_dir``, files whose size, modification time and inode match the hash memo kept
     there are not read again (``rehash`` reads them all); the others are read and hashed on
-    ``hash_workers`` threads (None: as ``inspect_files`` chooses from the files' sizes). Files are recognised by content, not extension. Hidden files, system files and non-images are
-    listed in ``skipped`` with a reason; files directly under ``root`` are skipped too, since they
-    belong to no class. Images in nested folders belong to their top-level class folder.
+    ``hash_workers`` threads (None: as ``inspect_files`` chooses from the files' sizes). Files are
+    recognised by content, not extension. Hidden files, system files and non-images are listed in
+    ``skipped`` with a reason; files directly under ``root`` are skipped too, since they belong to
+    no class. Images in nested folders belong to their top-level class folder.
     """
     root = Path(root).expanduser()
     if not root.exists():

@@ -2,6 +2,11 @@
 
     python bench/audit.py --cache CACHE [--data ../shared/datasets/trashnet] [--backbone efficientnet-lite0]
                           [--copies 60] [--synthetic 200000]
+    python bench/audit.py --pixel-statistics [--data ...] [--repeats 3]
+
+``--pixel-statistics`` (no cache needed) times only the audit's first pass over the pixels:
+``photo_statistics`` over every image of --data with no store, --repeats times (img/s). Run it with
+``PYTHONPATH`` at another checkout to compare that checkout's library.
 
 1. Thresholds: for --copies TrashNet photos, a JPEG re-encode at quality 70 and a 90% resize are
    embedded exactly as extract would (featurebank.embed), and their grey thumbnails computed as the
@@ -93,15 +98,36 @@ def synthetic_search(count: int, dims: int = 1280) -> None:
           f"found {len(found & expected)}/50, other pairs {len(found - expected)}")
 
 
+def pixel_statistics_speed(data: Path, repeats: int) -> None:
+    from featurebank.quality import photo_statistics
+
+    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    digests = [f"{i:064x}" for i in range(len(paths))]
+    print(f"library: {Path(featurebank.__file__).parent}")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        stats, _ = photo_statistics(paths, digests)
+        seconds = time.perf_counter() - started
+        print(f"pixel statistics of {len(paths)} images, no store: {seconds:.2f} s, {len(paths) / seconds:.0f} img/s "
+              f"({int(np.isnan(stats).any(axis=1).sum())} unreadable)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--pixel-statistics", action="store_true", help="time only the pixel statistics (no cache)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=TRASHNET)
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--copies", type=int, default=60)
     parser.add_argument("--synthetic", type=int, default=200_000)
     args = parser.parse_args()
+    if args.cache is None and not args.pixel_statistics:
+        parser.error("--cache is required, except with --pixel-statistics")
     print(f"Machine: {machine()}")
+    if args.pixel_statistics:
+        pixel_statistics_speed(args.data, args.repeats)
+        return
     copies_similarity(args.cache, args.backbone, args.data, args.copies)
     audit(args.cache, args.backbone)  # warms the quality statistics, as a second audit finds them
     started = time.perf_counter()

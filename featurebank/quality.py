@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 STATISTICS = ("width", "height", "brightness", "dark_fraction", "bright_fraction", "contrast", "sharpness")
 ANALYSIS_SIZE = (256, 192)  # (height, width) the statistics are computed at, so they do not depend on resolution
 THUMBNAIL_SIZE = (32, 24)  # (height, width) of the grey thumbnails
+PIXEL_BATCH = 32  # photos per batch from the decoding pool: 4.7 MB at ANALYSIS_SIZE
 QUALITY_RULES = {
     "too dark": "mean brightness < 40 of 255, or over 70% of pixels below 30",
     "overexposed": "mean brightness > 225, or over 50% of pixels above 250",
@@ -26,27 +28,50 @@ QUALITY_RULES = {
 }
 
 
-def _statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _statistics(pixels: np.ndarray, stored_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One photo's statistics and thumbnail, from its pixels at ANALYSIS_SIZE and its stored (width, height)."""
     from PIL import Image
 
-    from featurebank.images import load_image
-
-    with Image.open(path) as image:
-        width, height = image.size
-    pixels = load_image(path, ANALYSIS_SIZE)
     grey = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    laplacian = (grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1])
-    stats = np.array([width, height, grey.mean(), (grey < 30).mean(), (grey > 250).mean(), grey.std(),
-                      laplacian.var()], np.float32)
+    laplacian = grey[1:-1, :-2] + grey[1:-1, 2:]  # then in place, in the same order: the same bits, fewer arrays
+    laplacian += grey[:-2, 1:-1]
+    laplacian += grey[2:, 1:-1]
+    laplacian -= 4 * grey[1:-1, 1:-1]
+    stats = np.array([*stored_size, grey.mean(), np.count_nonzero(grey < 30) / grey.size,
+                      np.count_nonzero(grey > 250) / grey.size, grey.std(), laplacian.var()], np.float32)
     thumbnail = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).resize(THUMBNAIL_SIZE[::-1], Image.BILINEAR)
     return stats, np.asarray(thumbnail, np.uint8).ravel()
 
 
-def photo_statistics(paths: list[Path], sha256s, *, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(n, len(STATISTICS)) statistics and (n, 32·24) uint8 thumbnails; NaN statistics where a file is unreadable."""
-    from concurrent.futures import ThreadPoolExecutor
+def _stored_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as the file stores them (its header only), or None if it cannot be read now."""
+    from PIL import Image
 
-    from featurebank.sizing import default_decode_workers
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _measure(known: dict, paths: list[Path], sha256s, decoded: list[tuple[int, np.ndarray]]) -> None:
+    """Put the statistics of decoded (position, pixels) pairs into ``known`` (on the array pool's threads)."""
+    for i, pixels in decoded:
+        stored_size = _stored_size(paths[i])
+        if stored_size is not None:  # gone or changed since it was decoded: left NaN, as unreadable
+            known[str(sha256s[i])] = _statistics(pixels, stored_size)
+
+
+def photo_statistics(paths: list[Path], sha256s, *, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, len(STATISTICS)) statistics and (n, 32·24) uint8 thumbnails; NaN statistics where a file is unreadable.
+
+    The photos not in the store are decoded by the one decoding pool (``decoded_batches``, at
+    ANALYSIS_SIZE), as extraction and predict decode theirs, on every core: this thread only waits
+    while the array pool measures each batch. A file that fails is left NaN, never fatal.
+    """
+    from featurebank.array_pool import in_parallel
+    from featurebank.decoding import decoded_batches
+    from featurebank.sizing import usable_cores
 
     size = THUMBNAIL_SIZE[0] * THUMBNAIL_SIZE[1]
     store = Path(cache_dir) / ".quality-stats.npz" if cache_dir else None
@@ -54,19 +79,11 @@ def photo_statistics(paths: list[Path], sha256s, *, cache_dir: Path | None = Non
     if store and store.is_file():
         with contextlib.suppress(OSError, ValueError, KeyError), np.load(store) as saved:
             known = dict(zip(saved["sha256"].astype("U64").tolist(), zip(saved["stats"], saved["thumbnails"])))
-    todo = [i for i, d in enumerate(sha256s) if d not in known]
-    missing = (np.full(len(STATISTICS), np.nan, np.float32), np.zeros(size, np.uint8))
-
-    def measure(i: int):
-        try:
-            return _statistics(paths[i])
-        except Exception:  # unreadable now: reported as NaN, never fatal
-            return missing
-
-    with ThreadPoolExecutor(default_decode_workers() + 1) as pool:
-        for i, result in zip(todo, pool.map(measure, todo)):
-            if np.isfinite(result[0]).all():
-                known[str(sha256s[i])] = result
+    todo = [i for i, d in enumerate(sha256s) if str(d) not in known]
+    unreadable: list = []  # (position, reason) of the files that did not decode: NaN below
+    for positions, batch in decoded_batches(todo, lambda i: paths[i], ANALYSIS_SIZE, batch_size=PIXEL_BATCH,
+                                            workers=usable_cores(), failures=unreadable, priority="normal"):
+        in_parallel(partial(_measure, known, paths, sha256s), list(zip(positions, batch)))
     if store and todo:
         from featurebank.files import write_atomically
 
@@ -76,6 +93,7 @@ def photo_statistics(paths: list[Path], sha256s, *, cache_dir: Path | None = Non
                  thumbnails=np.array([v[1] for v in known.values()], np.uint8).reshape(-1, size))
         with contextlib.suppress(OSError):
             write_atomically(store, buffer.getvalue())
+    missing = (np.full(len(STATISTICS), np.nan, np.float32), np.zeros(size, np.uint8))
     found = [known.get(str(d), missing) for d in sha256s]
     return np.array([f[0] for f in found]), np.array([f[1] for f in found])
 

@@ -123,6 +123,41 @@ def test_clean_data_has_no_duplicates(tmp_path):
     assert result["quality"] == []
 
 
+def test_pixel_statistics_come_from_the_decoding_pool_in_order_and_from_the_store_after(tmp_path):
+    from featurebank.images import load_image
+    from featurebank.quality import ANALYSIS_SIZE, STATISTICS, photo_statistics
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = []
+    for i in range(70):  # three batches of the decoding pool, each split over the array pool's threads
+        path = folder / f"{i}.jpg"
+        image = photo(i % 4, i)
+        (image.resize((40, 30)) if i == 33 else image).save(path, quality=92)
+        paths.append(path)
+    (folder / "truncated.jpg").write_bytes(paths[0].read_bytes()[:200])
+    (folder / "text.jpg").write_text("not an image")
+    paths[10:10] = [folder / "truncated.jpg"]
+    paths[50:50] = [folder / "text.jpg"]
+    digests = [f"{i:064x}" for i in range(len(paths))]
+    stats, thumbnails = photo_statistics(paths, digests, cache_dir=tmp_path)
+    bad = [10, 50]
+    assert np.isnan(stats[bad]).all() and not thumbnails[bad].any()
+    good = [i for i in range(len(paths)) if i not in bad]
+    assert np.isfinite(stats[good]).all()
+    for i in good:  # each row is its own file's: sizes as stored, brightness of its pixels at ANALYSIS_SIZE
+        with Image.open(paths[i]) as image:
+            assert tuple(stats[i, :2]) == image.size
+        grey = load_image(paths[i], ANALYSIS_SIZE).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        assert stats[i, STATISTICS.index("brightness")] == pytest.approx(grey.mean(), abs=1e-3)
+    assert tuple(stats[paths.index(folder / "33.jpg"), :2]) == (40, 30)
+    for path in paths:
+        path.unlink()  # a second call reads no pixels: what decoded before comes from .quality-stats.npz
+    again, thumbnails_again = photo_statistics(paths, digests, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again, stats)
+    np.testing.assert_array_equal(thumbnails_again, thumbnails)
+
+
 def test_report_opens_in_a_real_browser(planted):
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:

@@ -302,3 +302,15 @@ def test_hashing_bench_hashes_each_way_to_the_same_result(tmp_path, make_images)
     assert figures["files"] == 40 and figures["same_results"] is True
     assert set(figures["ways"]) == {"1", "2"} and figures["ways"]["1"]["speed_vs_1"] == 1.0
     assert all(way["files_s"] > 0 and len(way["runs_seconds"]) == 1 for way in figures["ways"].values())
+
+
+def test_audit_bench_times_the_pixel_statistics_without_a_cache(tmp_path, make_images):
+    make_images(tmp_path / "source", 3)
+    (tmp_path / "source" / "broken.jpg").write_bytes(b"not a jpeg")
+    done = subprocess.run([sys.executable, "audit.py", "--pixel-statistics", "--data", str(tmp_path / "source"),
+                           "--repeats", "2"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    timed = [line for line in done.stdout.splitlines() if line.startswith("pixel statistics of")]
+    assert len(timed) == 2 and all("(1 unreadable)" in line for line in timed), done.stdout
+    missing = subprocess.run([sys.executable, "audit.py"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "--cache is required" in missing.stderr

@@ -58,7 +58,7 @@ def _measure(known: dict, paths: list[Path], sha256s, decoded: list[tuple[int, n
     """Put the statistics of decoded (position, pixels) pairs into ``known`` (on the array pool's threads)."""
     for i, pixels in decoded:
         stored_size = _stored_size(paths[i])
-        if stored_size is not None:  # gone or changed since it was decoded: left NaN, as unreadable
+        if stored_size is not None:  # None: gone since it was decoded, so left NaN like an unreadable file
             known[str(sha256s[i])] = _statistics(pixels, stored_size)
 
 

@@ -209,16 +209,17 @@ def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: st
         data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * actors)))
         # Decoding and writing take a fraction of a CPU each, so that on a small machine they never wait
         # behind the embedding actors for a whole core (Ray's default is one CPU per task).
-        # Ray Data spreads tasks over the nodes by default; the actors and write tasks are spread explicitly,
-        # so that every node embeds and writes.
+        # Ray Data's actor pool places the actors by DataContext.scheduling_strategy (SPREAD unless the caller
+        # changed it), so every node embeds, and restarts a dead actor and retries its batch (max_restarts and
+        # max_task_retries -1 by default, test_ray.py kills one). Ray 2.60 deprecates passing those options to
+        # map_batches, ray_remote_args_fn included, so none is passed. The write tasks are spread explicitly.
         data = data.map_batches(decode_rows, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
                                 fn_kwargs={"root": todo[0].root, "input_size": plan.input_size})
         data = data.map_batches(
             EmbedActor, batch_size=batch_size, batch_format="numpy", concurrency=actors,
             fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size,
                                    "threads": threads, "warm_up": bool(gpus)},
-            num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
-            ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD", "max_restarts": -1, "max_task_retries": -1})
+            num_gpus=1 if gpus else 0, num_cpus=actor_cpus)
         sink = _shard_datasink(ray.data.Datasink)(plan.store, classes=plan.classes, compression=compression,
                                                   shard_size=shard_size)
         data.write_datasink(sink, ray_remote_args={"num_cpus": 0.25, "scheduling_strategy": "SPREAD"})

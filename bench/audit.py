@@ -100,9 +100,10 @@ def synthetic_search(count: int, dims: int = 1280) -> None:
 
 def pixel_statistics_speed(data: Path, repeats: int) -> None:
     from featurebank.quality import photo_statistics
+    from featurebank.scan import scan_folder
 
-    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    digests = [f"{i:064x}" for i in range(len(paths))]
+    scan = scan_folder(data)  # the images and content hashes a cache of --data records (not timed)
+    paths, digests = [data / relpath for relpath in scan.relpaths], scan.sha256s
     print(f"library: {Path(featurebank.__file__).parent}")
     for _ in range(repeats):
         started = time.perf_counter()

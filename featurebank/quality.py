@@ -18,6 +18,7 @@ import numpy as np
 STATISTICS = ("width", "height", "brightness", "dark_fraction", "bright_fraction", "contrast", "sharpness")
 ANALYSIS_SIZE = (256, 192)  # (height, width) the statistics are computed at, so they do not depend on resolution
 THUMBNAIL_SIZE = (32, 24)  # (height, width) of the grey thumbnails
+GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # RGB → brightness (ITU-R BT.601 luma)
 PIXEL_BATCH = 32  # photos per batch from the decoding pool: 4.7 MB at ANALYSIS_SIZE
 QUALITY_RULES = {
     "too dark": "mean brightness < 40 of 255, or over 70% of pixels below 30",
@@ -32,7 +33,7 @@ def _statistics(pixels: np.ndarray, stored_size: tuple[int, int]) -> tuple[np.nd
     """One photo's statistics and thumbnail, from its pixels at ANALYSIS_SIZE and its stored (width, height)."""
     from PIL import Image
 
-    grey = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = pixels.astype(np.float32) @ GREY_WEIGHTS
     laplacian = grey[1:-1, :-2] + grey[1:-1, 2:]  # then in place, in the same order: the same bits, fewer arrays
     laplacian += grey[:-2, 1:-1]
     laplacian += grey[2:, 1:-1]

@@ -211,8 +211,9 @@ def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: st
         # behind the embedding actors for a whole core (Ray's default is one CPU per task).
         # Ray Data's actor pool places the actors by DataContext.scheduling_strategy (SPREAD unless the caller
         # changed it), so every node embeds, and restarts a dead actor and retries its batch (max_restarts and
-        # max_task_retries -1 by default, test_ray.py kills one). Ray 2.60 deprecates passing those options to
-        # map_batches, ray_remote_args_fn included, so none is passed. The write tasks are spread explicitly.
+        # max_task_retries -1 by default; in a probe, a run whose actor was killed ended 0). Ray 2.60 deprecates
+        # passing those options to map_batches, ray_remote_args_fn included, so none is passed. The write tasks
+        # are spread explicitly.
         data = data.map_batches(decode_rows, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
                                 fn_kwargs={"root": todo[0].root, "input_size": plan.input_size})
         data = data.map_batches(

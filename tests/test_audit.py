@@ -125,7 +125,7 @@ def test_clean_data_has_no_duplicates(tmp_path):
 
 def test_pixel_statistics_come_from_the_decoding_pool_in_order_and_from_the_store_after(tmp_path):
     from featurebank.images import load_image
-    from featurebank.quality import ANALYSIS_SIZE, STATISTICS, photo_statistics
+    from featurebank.quality import ANALYSIS_SIZE, GREY_WEIGHTS, STATISTICS, photo_statistics
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -148,7 +148,7 @@ def test_pixel_statistics_come_from_the_decoding_pool_in_order_and_from_the_stor
     for i in good:  # each row is its own file's: sizes as stored, brightness of its pixels at ANALYSIS_SIZE
         with Image.open(paths[i]) as image:
             assert tuple(stats[i, :2]) == image.size
-        grey = load_image(paths[i], ANALYSIS_SIZE).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        grey = load_image(paths[i], ANALYSIS_SIZE).astype(np.float32) @ GREY_WEIGHTS
         assert stats[i, STATISTICS.index("brightness")] == pytest.approx(grey.mean(), abs=1e-3)
     assert tuple(stats[paths.index(folder / "33.jpg"), :2]) == (40, 30)
     for path in paths:

@@ -305,8 +305,9 @@ def test_hashing_bench_hashes_each_way_to_the_same_result(tmp_path, make_images)
 
 
 def test_audit_bench_times_the_pixel_statistics_without_a_cache(tmp_path, make_images):
-    make_images(tmp_path / "source", 3)
-    (tmp_path / "source" / "broken.jpg").write_bytes(b"not a jpeg")
+    written = make_images(tmp_path / "source", 3)
+    broken = written[0].with_name("broken.jpg")  # a JPEG's start: the scan keeps it, decoding fails
+    broken.write_bytes(written[0].read_bytes()[:200])
     done = subprocess.run([sys.executable, "audit.py", "--pixel-statistics", "--data", str(tmp_path / "source"),
                            "--repeats", "2"], cwd=BENCH, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -189,6 +189,9 @@ def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: st
     ray = import_ray()
     if type(progress).__name__ == "Progress":  # the library's silent default: no Ray Data progress logging
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Turning the bars off is this library's choice: Ray Data's notice that they are off (with how to turn
+        # them on in Python) would only puzzle a user of the command line.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         ray.data.DataContext.get_current().enable_progress_bars = False
     started_here = not ray.is_initialized()
     if started_here:
@@ -212,12 +215,12 @@ def run_ray(plan, todo, *, weights: str, batch_size: int | None, compression: st
         # Ray Data's actor pool places the actors by DataContext.scheduling_strategy (SPREAD unless the caller
         # changed it), so every node embeds, and restarts a dead actor and retries its batch (max_restarts and
         # max_task_retries -1 by default; in a probe, a run whose actor was killed ended 0). Ray 2.60 deprecates
-        # passing those options to map_batches, ray_remote_args_fn included, so none is passed. The write tasks
-        # are spread explicitly.
+        # passing those options to map_batches, ray_remote_args_fn included, so none is passed, and the pool's
+        # size goes in `compute` (`concurrency` is deprecated since 2.51). The write tasks are spread explicitly.
         data = data.map_batches(decode_rows, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
                                 fn_kwargs={"root": todo[0].root, "input_size": plan.input_size})
         data = data.map_batches(
-            EmbedActor, batch_size=batch_size, batch_format="numpy", concurrency=actors,
+            EmbedActor, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={"manifest": plan.store.manifest, "weights": weights, "batch_size": batch_size,
                                    "threads": threads, "warm_up": bool(gpus)},
             num_gpus=1 if gpus else 0, num_cpus=actor_cpus)

@@ -160,8 +160,8 @@ def test_ray_data_calls_an_actor_on_another_thread_than_the_one_that_built_it(lo
         def __call__(self, batch: dict) -> dict:
             return {"same": np.array([threading.get_ident() == self.built_on] * len(batch["id"]))}
 
-    data = ray.data.range(16, override_num_blocks=4).map_batches(ThreadProbe, batch_size=4, batch_format="numpy",
-                                                                  concurrency=1, num_cpus=0)
+    data = ray.data.range(16, override_num_blocks=4).map_batches(
+        ThreadProbe, batch_size=4, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
     assert {bool(row["same"]) for row in data.take_all()} == {False}
 
 

@@ -4,14 +4,16 @@
 # (On an H200 on 2026-11-28, the machine's start not counted: 439 s for the host probe, eight rows, two
 # device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; in the fourth session, nine rows (two of them under
 # py-spy), compute_dtype.py for both backbones and three of four device_vs_cpu.py runs took the whole 590 s. Now by
-# default the host probe, eight rows and the hashing probe, ~490 s expected, not run yet; BENCHMARKS.md has the figures. The steps not
+# default the host probe, eight rows, the float32 ceiling and the hashing probe, ~530 s expected, not run yet;
+# BENCHMARKS.md has the figures. The steps not
 # run by default answered their questions: STEPS=arithmetic,vs-cpu bash bench/gpu_run.sh runs two of them again)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
 # re-encoded from .gpu-source); the figures land in $RESULTS, packed after each step into $OUT/results.tgz (the
 # device call returns at most 8 files, so one archive, complete up to the last finished step if time runs out).
 # It also runs here, on a CPU, at small size:
-#   IMAGES=64 FORWARD=32 OUT=/tmp/gpu-out RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
-# STEPS (probe,rows,hashing,arithmetic,vs-cpu,nvjpeg,parent,gil,priority or all; the first three by default) and ROWS (a regular expression
+#   IMAGES=64 FORWARD=32 CEILING='--images 4 --batch-size 2 --input-size 128x96' OUT=/tmp/gpu-out \
+#     RESULTS=/tmp/gpu-results bash bench/gpu_run.sh
+# STEPS (probe,rows,ceiling,hashing,arithmetic,vs-cpu,nvjpeg,parent,gil,priority or all; the first four by default) and ROWS (a regular expression
 # of row names) pick
 # what runs, for a second call after the first: STEPS=rows ROWS='lite0-.*' bash bench/gpu_run.sh
 set -uo pipefail
@@ -27,7 +29,7 @@ pack() { tar czf /tmp/results.tgz -C "$RESULTS" . && mv /tmp/results.tgz "$OUT/r
 IMAGES=${IMAGES:-10000}; FORWARD=${FORWARD:-4096}  # 1,024 timed too few: below the extraction's own rate
 source=.gpu-source; [ -d "$source" ] || source=../shared/datasets/trashnet
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$RESULTS/device.txt"
-STEPS=${STEPS:-probe,rows,hashing}  # the others answered their questions on 2026-11-28 (BENCHMARKS.md)
+STEPS=${STEPS:-probe,rows,ceiling,hashing}  # the others answered their questions on 2026-11-28 (BENCHMARKS.md)
 step() { [[ ",$STEPS," == *,all,* || ",$STEPS," == *",$1,"* ]]; }  # STEPS: a comma list, or all
 # Rows not run by default: resnet50-pooled, lite0-pretrained-zstd-bfloat16 and resnet50-float16-zstd (measured on
 # 2026-11-27 and -28, and their twins run), resnet50-float16-none-tf32 (the arithmetic step times TF32 against
@@ -54,6 +56,12 @@ fi
 # Most telling first: what comes back if the call runs out of time is what it finished. Decoding alone
 # on threads (923-1,360 img/s on the H200, not the engine's choice there) is measured in the first run only.
 run resnet50-float16-none --backbone resnet50 --compression none
+if step ceiling; then  # is the row's IEEE float32 forward (773 img/s on 2026-11-28) the GPU's float32 limit, or XLA's?
+  echo "== ResNet50's trunk on cuDNN (torchvision): IEEE float32, NCHW and channels-last, TF32 and bfloat16"
+  timeout 120 python3 bench/fp32_ceiling.py ${CEILING:---images 2048} --repeats 2 --json "$RESULTS/fp32_ceiling.json" 2>&1 \
+    | tee "$RESULTS/fp32_ceiling.txt" | grep -v '^{' | tail -5
+  pack
+fi
 if step hashing; then  # the plan phase of every row is hashing its 10,000 files: 0.6-0.7 s on one thread (2026-11-28)
   echo "== hashing the rows' files on 1, 4 and 15 threads (a first scan: every file read and hashed)"
   timeout 60 python3 bench/hashing.py --data "$source" --distinct "$IMAGES" --data-dir /tmp/gpu-jpegs --workers 1,4,15 \

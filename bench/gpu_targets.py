@@ -109,6 +109,16 @@ def main() -> None:
               f"({f['extract_steady_img_s']:.0f}) | {f['extract_vs_limit']:.3f} | {in_series_img_s(f):.0f} | {waits(f)} | {first_batch(f)} | "
               f"{beyond_steady(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
+    ceiling = out / "fp32_ceiling.json"
+    if ceiling.is_file():  # bench/fp32_ceiling.py: whether the floors lie above the GPU's IEEE float32, or XLA's
+        c = json.loads(ceiling.read_text())
+        floor = TARGETS["resnet50-float16-none"][1]
+        best = max(("float32", "float32-channels-last"), key=c["img_s"].get)
+        print(f"\nResNet50's trunk on cuDNN (torchvision, bench/fp32_ceiling.py, {c['device']}), img/s: "
+              + ", ".join(f"{way} {rate:.0f}" for way, rate in c["img_s"].items())
+              + f". IEEE float32 at best: {c['img_s'][best]:.0f} img/s ({best}, {c['tflop_s'][best]:.1f} TFLOP/s), "
+              + ("at or above" if c["img_s"][best] >= floor else "below")
+              + f" the {floor} img/s floor of full ResNet50 maps.")
 
 
 if __name__ == "__main__":

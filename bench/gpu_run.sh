@@ -4,7 +4,7 @@
 # (On an H200 on 2026-11-28, the machine's start not counted: 439 s for the host probe, eight rows, two
 # device_vs_cpu.py runs, nvjpeg_check.py and decode_parent.py; in the fourth session, nine rows (two of them under
 # py-spy), compute_dtype.py for both backbones and three of four device_vs_cpu.py runs took the whole 590 s. Now by
-# default the host probe, eight rows, the float32 ceiling and the hashing probe, ~530 s expected, not run yet;
+# default the host probe, eight rows, the float32 ceiling (~50 s) and the hashing probe, ~540 s expected, not run yet;
 # BENCHMARKS.md has the figures. The steps not
 # run by default answered their questions: STEPS=arithmetic,vs-cpu bash bench/gpu_run.sh runs two of them again)
 # Each line runs bench/gpu_extract.py (forward, decode, write and end-to-end img/s on IMAGES distinct JPEGs
@@ -56,10 +56,10 @@ fi
 # Most telling first: what comes back if the call runs out of time is what it finished. Decoding alone
 # on threads (923-1,360 img/s on the H200, not the engine's choice there) is measured in the first run only.
 run resnet50-float16-none --backbone resnet50 --compression none
-if step ceiling; then  # is the row's IEEE float32 forward (773 img/s on 2026-11-28) the GPU's float32 limit, or XLA's?
-  echo "== ResNet50's trunk on cuDNN (torchvision): IEEE float32, NCHW and channels-last, TF32 and bfloat16"
+if step ceiling; then  # are the engine's IEEE float32 forwards (773 and 2,281 img/s on 2026-11-28) the GPU's limits?
+  echo "== ResNet50 and Lite0 on cuDNN: the engine's setting, IEEE float32 tuned, TF32 and bfloat16"
   timeout 120 python3 bench/fp32_ceiling.py ${CEILING:---images 2048} --repeats 2 --json "$RESULTS/fp32_ceiling.json" 2>&1 \
-    | tee "$RESULTS/fp32_ceiling.txt" | grep -v '^{' | tail -5
+    | tee "$RESULTS/fp32_ceiling.txt" | grep -v '^{' | tail -12
   pack
 fi
 if step hashing; then  # the plan phase of every row is hashing its 10,000 files: 0.6-0.7 s on one thread (2026-11-28)

@@ -110,16 +110,17 @@ def main() -> None:
               f"{beyond_steady(f)} | {target} | "
               f"{verdict(f, floor, ratio)} |")
     ceiling = out / "fp32_ceiling.json"
-    if ceiling.is_file():  # bench/fp32_ceiling.py: whether the floors lie above the GPU's IEEE float32, or XLA's
+    if ceiling.is_file():  # bench/fp32_ceiling.py: whether the floors lie above the GPU's IEEE float32, or the engine's
         c = json.loads(ceiling.read_text())
-        floor = TARGETS["resnet50-float16-none"][1]
-        best = max(("float32", "float32-channels-last"), key=c["img_s"].get)
-        print(f"\nResNet50's trunk on cuDNN (torchvision, bench/fp32_ceiling.py, {c['device']}), img/s: "
-              + ", ".join(f"{way} {rate:.0f}" for way, rate in c["img_s"].items())
-              + f". IEEE float32 at best: {c['img_s'][best]:.0f} img/s ({best}, {c['tflop_s'][best]:.1f} TFLOP/s), "
-              + ("at or above" if c["img_s"][best] >= floor else "below")
-              + f" the {floor} img/s floor of full ResNet50 maps.")
-
+        print(f"\nThe forward on cuDNN alone (bench/fp32_ceiling.py, {c['device']}, torch {c['torch']}), img/s:")
+        floors = {"resnet50": ("full ResNet50 maps", TARGETS["resnet50-float16-none"][1]),
+                  "efficientnet-lite0": ("compressed Lite0 maps", TARGETS["lite0-pretrained-zstd"][1])}
+        for model, f in c["models"].items():
+            what, floor = floors[model]
+            best = f["ieee_float32_best_way"]
+            print(f"- {model}: " + ", ".join(f"{way} {rate:.0f}" for way, rate in f["img_s"].items())
+                  + f". IEEE float32 at best: {f['img_s'][best]:.0f} img/s ({best}, {f['tflop_s'][best]:.1f} TFLOP/s), "
+                  + ("at or above" if f["img_s"][best] >= floor else "below") + f" the {floor} img/s floor of {what}.")
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ Ways, alternated ``--repeats`` times after a warm-up pass each:
   ``cudnn.benchmark``;
 - ``float32-nchw``, ``float32-channels-last``: IEEE float32, the batch made NCHW-contiguous, or
   weights and batch channels-last;
-- ``tf32-channels-last``: PyTorch's default for cuDNN convolutions;
+- ``tf32-channels-last``: TF32 convolutions, PyTorch's default for cuDNN (set, not assumed);
 - ``bfloat16-channels-last``: autocast.
 All but ``engine`` run with ``cudnn.benchmark``: cuDNN times its algorithms in the warm-up and keeps
 the fastest. Prints each way's median img/s and TFLOP/s (FLOPs counted by torch.utils.flop_counter),
@@ -86,6 +86,22 @@ def cudnn_float32(torch) -> str:
     return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
+@contextlib.contextmanager
+def tf32_convolutions(torch):
+    """cuDNN's float32 convolutions as TF32 while entered, whatever the default (torch >= 2.9's setting, or the
+    older flag)."""
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        setting, name, value = torch.backends.cudnn.conv, "fp32_precision", "tf32"
+    else:
+        setting, name, value = torch.backends.cudnn, "allow_tf32", True
+    before = getattr(setting, name)
+    setattr(setting, name, value)
+    try:
+        yield
+    finally:
+        setattr(setting, name, before)
+
+
 def keras_conv_flops(size: tuple[int, int]) -> float:
     """Keras's ResNet50 (the engine's, v1), its convolutions' FLOPs for one image at ``size``, from the layers' shapes.
 
@@ -124,6 +140,8 @@ def measure(model_name: str, images: int, batch_size: int, size: tuple[int, int]
         stack = contextlib.ExitStack()
         if way in FLOOR_WAYS:
             stack.enter_context(float32_arithmetic("torch", "float32"))
+        if way.startswith("tf32"):
+            stack.enter_context(tf32_convolutions(torch))
         if way.startswith("bfloat16"):
             stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
         return stack
@@ -162,7 +180,7 @@ def measure_all(models: list[str], images: int, batch_size: int, size: tuple[int
     import torch
 
     figures = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-               "torch": torch.__version__, "cudnn_float32_default": cudnn_float32(torch),  # the tf32 way's
+               "torch": torch.__version__, "cudnn_float32_default": cudnn_float32(torch),
                "input_size": list(size), "batch_size": batch_size,
                "images_per_pass": max(1, -(-images // batch_size)) * batch_size, "repeats": repeats}
     figures["models"] = {model: measure(model, images, batch_size, size, repeats) for model in models}

@@ -10,7 +10,8 @@ engine's start its first batch was handed to the writer, how many seconds the wh
 images after the first batch take at the rate after it (its fixed costs), and the issue's target for
 that run with met / missed. The
 end-to-end figure judged is the whole run's (model build excluded); the rate after the first
-batch is shown beside it.
+batch is shown beside it. Under the table, where gpu_run.sh left fp32_ceiling.json: each backbone's forward on
+cuDNN alone in IEEE float32, TF32 and bfloat16 (bench/fp32_ceiling.py), and whether IEEE float32 reaches its floor.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def main() -> None:
             print(f"- {model}: " + ", ".join(f"{way} {rate:.0f}" for way, rate in f["img_s"].items())
                   + f". IEEE float32 at best: {f['img_s'][best]:.0f} img/s ({best}, {f['tflop_s'][best]:.1f} TFLOP/s), "
                   + ("at or above" if f["img_s"][best] >= floor else "below") + f" the {floor} img/s floor of {what}.")
+
 
 if __name__ == "__main__":
     main()

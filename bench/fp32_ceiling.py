@@ -79,13 +79,6 @@ def flops_per_image(torch, model, size: tuple[int, int], device) -> float:
     return float(counter.get_total_flops())
 
 
-def cudnn_float32(torch) -> str:
-    """How cuDNN runs float32 convolutions now: 'tf32' or 'ieee' (torch >= 2.9's setting, else the older flag)."""
-    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
-        return str(torch.backends.cudnn.conv.fp32_precision)
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-
-
 @contextlib.contextmanager
 def tf32_convolutions(torch):
     """cuDNN's float32 convolutions as TF32 while entered, whatever the default (torch >= 2.9's setting, or the
@@ -117,7 +110,7 @@ def keras_conv_flops(size: tuple[int, int]) -> float:
                      if isinstance(layer, keras.layers.Conv2D)))
 
 
-def measure(model_name: str, images: int, batch_size: int, size: tuple[int, int], repeats: int) -> dict:
+def measure(model_name: str, batches_per_pass: int, batch_size: int, size: tuple[int, int], repeats: int) -> dict:
     import torch
 
     from featurebank.device import float32_arithmetic
@@ -134,7 +127,6 @@ def measure(model_name: str, images: int, batch_size: int, size: tuple[int, int]
     with torch.inference_mode():
         map_shape = as_built(torch.zeros((1, 3, *size), device=device)).shape[1:]
     host = [torch.empty((batch_size, *map_shape), dtype=torch.float16, pin_memory=cuda) for _ in range(2)]
-    passes = max(1, -(-images // batch_size))
 
     def settings(way: str) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
@@ -153,7 +145,7 @@ def measure(model_name: str, images: int, batch_size: int, size: tuple[int, int]
             if cuda:
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            for i in range(passes):
+            for i in range(batches_per_pass):
                 pixels = batches[i % 2].permute(0, 3, 1, 2)  # (N, 3, H, W) with channels-last strides
                 if way == "float32-nchw":
                     pixels = pixels.contiguous()
@@ -161,7 +153,7 @@ def measure(model_name: str, images: int, batch_size: int, size: tuple[int, int]
                 host[i % 2].copy_(maps.to(torch.float16), non_blocking=cuda)
             if cuda:
                 torch.cuda.synchronize()
-            return passes * batch_size / (time.perf_counter() - started)
+            return batches_per_pass * batch_size / (time.perf_counter() - started)
 
     for way in WAYS:
         one_pass(way)  # the warm-up: cuDNN's algorithm choice (with benchmark), memory pools
@@ -179,11 +171,11 @@ def measure_all(models: list[str], images: int, batch_size: int, size: tuple[int
     """Every model's ways, in one process (one CUDA start), with what the machine and torch are."""
     import torch
 
+    batches_per_pass = max(1, -(-images // batch_size))  # whole batches, as the engine runs them
     figures = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-               "torch": torch.__version__, "cudnn_float32_default": cudnn_float32(torch),
-               "input_size": list(size), "batch_size": batch_size,
-               "images_per_pass": max(1, -(-images // batch_size)) * batch_size, "repeats": repeats}
-    figures["models"] = {model: measure(model, images, batch_size, size, repeats) for model in models}
+               "torch": torch.__version__, "input_size": list(size), "batch_size": batch_size,
+               "images_per_pass": batches_per_pass * batch_size, "repeats": repeats}
+    figures["models"] = {model: measure(model, batches_per_pass, batch_size, size, repeats) for model in models}
     return figures
 
 
@@ -208,8 +200,7 @@ def main() -> None:
     figures = measure_all(args.models.split(","), args.images, args.batch_size, size, args.repeats)
     for model, f in figures["models"].items():
         print(f"{figures['device']}, torch {figures['torch']}: {model} at {size[0]}x{size[1]}, batch "
-              f"{figures['batch_size']}, {f['gflop_per_image']:.2f} GFLOP an image; cuDNN's float32 by default: "
-              f"{figures['cudnn_float32_default']}")
+              f"{figures['batch_size']}, {f['gflop_per_image']:.2f} GFLOP an image")
         for way in WAYS:
             print(f"  {way:24s} {f['img_s'][way]:9.1f} img/s  {f['tflop_s'][way]:7.2f} TFLOP/s  (passes: "
                   + ", ".join(f"{r:.1f}" for r in f["img_s_passes"][way]) + ")")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from classifiers.base import ClassifierBase, PreprocessedPipelineClassifier, inner_folds, transform_features
@@ -87,7 +89,7 @@ class BagOfVisualWordsSVM(ClassifierBase):
     X is a sequence of RGB uint8 images (all the same size or not). ``hellinger`` (default) uses
     RootSIFT descriptors and square-rooted word frequencies, the standard remedy for bursty visual
     words (Arandjelović & Zisserman 2012); off, descriptors and frequencies are used raw.
-    Descriptors are computed on a pool of threads (OpenCV releases the GIL).
+    Descriptors are computed on featurebank's array pool (OpenCV releases the GIL).
 
     Attributes
     ----------
@@ -107,16 +109,10 @@ class BagOfVisualWordsSVM(ClassifierBase):
         self.seed = seed
 
     def describe(self, X) -> list[np.ndarray]:
-        """SIFT descriptors of each image, as this model computes them (on a pool of threads)."""
-        from concurrent.futures import ThreadPoolExecutor
+        """SIFT descriptors of each image, as this model computes them (on featurebank's array pool)."""
+        from featurebank.array_pool import map_in_order
 
-        from featurebank.sizing import usable_cores
-
-        def one(image):
-            return sift_descriptors(image, max_keypoints=self.max_keypoints, root=self.hellinger)
-
-        with ThreadPoolExecutor(usable_cores()) as pool:
-            return list(pool.map(one, X))
+        return map_in_order(partial(sift_descriptors, max_keypoints=self.max_keypoints, root=self.hellinger), X)
 
     def _histograms(self, descriptor_sets) -> np.ndarray:
         out = np.zeros((len(descriptor_sets), self.vocabulary_size), np.float32)

@@ -1,7 +1,8 @@
-"""The array pool: threads for array work that releases the GIL, zstd's frames at extraction and casts at load.
+"""The array pool: threads for array work that releases the GIL: zstd's frames at extraction, casts at load, the
+audit's pixel statistics and the SIFT baseline's descriptors.
 
 One pool for the process, sized by whoever runs the work (extraction from ``featurebank.sizing``;
-``load()`` takes every core): ``configure_array_pool``. The frames are what HDF5's zstd filter
+otherwise every usable core): ``configure_array_pool``. The frames are what HDF5's zstd filter
 stores for a chunk, so the shard writer (featurebank/cache.py) puts them in as they are.
 """
 
@@ -39,7 +40,7 @@ def zstd_frames(rows: np.ndarray) -> list:
 
 def zstd_frames_row_by_row(rows: np.ndarray) -> list[bytes]:
     """``zstd_frames`` as one pool task per row (the GIL taken at each): for zstandard builds without the batch call."""
-    return list(_array_pool().map(lambda row: _compressor().compress(row), rows))
+    return map_in_order(lambda row: _compressor().compress(row), rows)
 
 
 def _batch_frames(rows: np.ndarray, threads: int) -> list:
@@ -77,6 +78,12 @@ def in_parallel(work, items: list) -> None:
         return
     for done in [pool.submit(work, part) for part in parts]:
         done.result()
+
+
+def map_in_order(function, items) -> list:
+    """``[function(item) for item in items]``, one pool task per item: for work that holds the GIL only briefly
+    around a long native call (OpenCV's SIFT, a zstd frame)."""
+    return list(_array_pool().map(function, items))
 
 
 def _array_pool():

@@ -304,6 +304,15 @@ def test_hashing_bench_hashes_each_way_to_the_same_result(tmp_path, make_images)
     assert all(way["files_s"] > 0 and len(way["runs_seconds"]) == 1 for way in figures["ways"].values())
 
 
+def test_sift_pool_bench_times_both_pools_and_finds_the_same_descriptors(tmp_path, make_images):
+    make_images(tmp_path / "source", 1, size=(96, 128))
+    done = subprocess.run([sys.executable, "sift_pool.py", "--data", str(tmp_path / "source"), "--image-size", "96x128",
+                           "--repeats", "1"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["photos"] == 6 and figures["identical"] is True
+    assert set(figures["seconds"]) == {"own-pool", "array-pool"} and all(v > 0 for v in figures["seconds"].values())
+
 def test_audit_bench_times_the_pixel_statistics_without_a_cache(tmp_path, make_images):
     written = make_images(tmp_path / "source", 3)
     broken = written[0].with_name("broken.jpg")  # a JPEG's start: the scan keeps it, decoding fails

@@ -118,6 +118,26 @@ def test_svm_on_resnet_features_learns_the_signal(small_cache, tmp_path):
     assert train_svm(small_cache["cache"], features="resnet50", runs_dir=tmp_path)["test_accuracy"] >= 0.9
 
 
+def test_sift_descriptors_are_computed_on_the_array_pool_in_order(monkeypatch):
+    """The SIFT baseline keeps no pool of its own: its descriptors come from featurebank's array pool, in order."""
+    import threading
+
+    import numpy as np
+
+    from classifiers import svm
+    from classifiers.svm import BagOfVisualWordsSVM, sift_descriptors
+    from conftest import class_image
+
+    images = [np.asarray(class_image(label, 0, size=(96, 128))) for label in range(6)]
+    threads, original = [], svm.sift_descriptors
+    monkeypatch.setattr(svm, "sift_descriptors",
+                        lambda image, **k: threads.append(threading.current_thread().name) or original(image, **k))
+    described = BagOfVisualWordsSVM(max_keypoints=50).describe(images)
+    assert len(threads) == 6 and all(name.startswith("featurebank-array") for name in threads)
+    for image, descriptors in zip(images, described):
+        np.testing.assert_array_equal(descriptors, sift_descriptors(image, max_keypoints=50, root=True))
+
+
 @pytest.mark.slow
 def test_experiments_quick_grid_writes_all_rows_and_resumes(small_cache, tmp_path):
     out = tmp_path / "grid"

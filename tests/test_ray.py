@@ -34,8 +34,14 @@ def messy_folder(root, make_images):
 
 @contextlib.contextmanager
 def ray_notices():
-    """Collects what Ray says meanwhile: Ray Data's logged warnings, and any warning that something is deprecated."""
+    """Collects what Ray says meanwhile: Ray Data's logged warnings, and any warning that something is deprecated.
+
+    Ray logs many notices once per process (``log_once``); they are made due again, so that a notice an earlier
+    Ray run in this process already logged is still seen."""
     import ray.data  # noqa: F401 (Ray Data sets up its loggers on import, which would drop a handler added before)
+    from ray.util.debug import reset_log_once
+
+    reset_log_once()
 
     notices = []
 

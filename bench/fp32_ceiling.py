@@ -9,10 +9,11 @@ ResNet50 maps: 1,400 img/s against 773 for Keras on JAX; Lite0 with zstd: 3,000 
 PyTorch; BENCHMARKS.md), and IEEE float32 is the only arithmetic that kept the features within
 float16 rounding of a CPU's. Whether those are the GPU's float32 limits is what this measures, on
 cuDNN through PyTorch. ResNet50 is torchvision's convolutional trunk (conv1 to layer4, the
-(N, 2048, H/32, W/32) maps a cache stores). It is ResNet v1.5, the stride on the 3x3 convolution
-where Keras's v1 has it on the 1x1: the same stages and output shape, with 6% more arithmetic at
-512x384 (32.0 GFLOP an image against 30.2 for Keras's convolutions, ``--keras-flops``; so 773 img/s
-was 23 TFLOP/s). EfficientNet-Lite0 is the engine's own model (efficientnet-lite-pytorch,
+(N, 2048, H/32, W/32) maps a cache stores), made Keras's ResNet v1: each stage's first block has its
+stride on the 1x1 convolution, where torchvision's v1.5 has it on the 3x3. So it does exactly
+Keras's arithmetic, 30.2 GFLOP an image at 512x384 (``--keras-flops``; 773 img/s was 23 TFLOP/s),
+and is the network a PyTorch ResNet50 carrying Keras's weights would run; v1.5 does 6% more.
+EfficientNet-Lite0 is the engine's own model (efficientnet-lite-pytorch,
 ``extract_features``). Weights are random: speed does not depend on them. As in the engine, uint8
 batches wait on the device, are cast and scaled there, and the maps are cast to float16 and
 copied into a pinned host buffer.
@@ -52,6 +53,9 @@ def conv_trunk(torch, model: str, size: tuple[int, int]):
         import torchvision
 
         resnet = torchvision.models.resnet50(weights=None)
+        for stage in (resnet.layer2, resnet.layer3, resnet.layer4):  # v1.5 → Keras's v1: the stride on the 1x1
+            first = stage[0]
+            first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
         return torch.nn.Sequential(*list(resnet.children())[:-2]).eval()
     if model == "efficientnet-lite0":
         import efficientnet_lite_pytorch

@@ -1,14 +1,17 @@
 """The array pool: threads for array work that releases the GIL: zstd's frames at extraction, casts at load, the
 audit's pixel statistics and the SIFT baseline's descriptors.
 
-One pool for the process, sized by whoever runs the work (extraction from ``featurebank.sizing``;
-otherwise every usable core): ``configure_array_pool``. The frames are what HDF5's zstd filter
+One pool for the process, on every usable core at the process's priority unless whoever runs the work
+sizes it: an extraction, for the length of its run, from ``featurebank.sizing`` and at its helpers' priority
+(``sized_array_pool``); a bench, for good (``configure_array_pool``). The frames are what HDF5's zstd filter
 stores for a chunk, so the shard writer (featurebank/cache.py) puts them in as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -54,15 +57,33 @@ _LOCAL = threading.local()
 
 
 def configure_array_pool(workers: int, *, low_priority: bool = False) -> None:
-    """Size the array-work pool (zstd frames, load's casts); extraction sizes it by ``featurebank.sizing``.
+    """Size the array-work pool for the rest of the process. Low priority yields the cores to a backbone on them."""
+    _resize((max(1, workers), low_priority))
 
-    Low priority yields the cores to a backbone running on them.
+
+@contextlib.contextmanager
+def sized_array_pool(workers: int, *, low_priority: bool = False) -> Iterator[None]:
+    """The array pool sized as ``configure_array_pool`` says while the block runs (an extraction), then as before.
+
+    An extraction sizes it for its compression (one thread when it compresses nothing) at its
+    helpers' priority; after the run, load's casts, the audit's statistics and the SIFT baseline in
+    the same process get back every core at the process's own priority.
     """
+    before = _POOL_SETTINGS
+    configure_array_pool(workers, low_priority=low_priority)
+    try:
+        yield
+    finally:
+        _resize(before)
+
+
+def _resize(settings: tuple[int, bool]) -> None:
+    """Use ``settings`` (threads, low priority) from the next task on; (0, False) is the default: every usable core."""
     global _POOL, _POOL_SETTINGS
-    if (max(1, workers), low_priority) != _POOL_SETTINGS and _POOL is not None:
+    if settings != _POOL_SETTINGS and _POOL is not None:
         _POOL.shutdown(wait=True)
         _POOL = None
-    _POOL_SETTINGS = (max(1, workers), low_priority)
+    _POOL_SETTINGS = settings
 
 
 def in_parallel(work, items: list) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from featurebank.backbones import Backbone, available_backbones, get_backbone, weights_identity
-from featurebank.array_pool import configure_array_pool
+from featurebank.array_pool import sized_array_pool
 from featurebank.cache import COMPUTE_DTYPES, DTYPES, STORES, describe_os_error, make_manifest
 from featurebank.claims import WorkClaims, bucket_of
 from featurebank.decoding import pixel_decoder
@@ -294,7 +294,6 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     progress = progress or Progress()
     sizes = choose_sizes(plan.spec.library, compression=compression, batch_size=batch_size,
                          decode_workers=decode_workers, decoder=decoder)
-    configure_array_pool(sizes.compression_workers, low_priority=HELPERS_PRIORITY == "low")
     if sizes.decoder == "nvjpeg":  # imported here, before the backbone's build may load TensorFlow on another thread
         sizes = replace(sizes, jpeg_library=import_jpeg_library().name)
     batch_size, decode_workers = sizes.batch_size, sizes.decode_workers
@@ -311,7 +310,8 @@ def run_local(plan: ExtractionPlan, todo: Sequence[Sample], *, weights: str, bat
     new, failures, clock = 0, [], StageClock()
     progress.start(len(todo))
     try:
-        with WorkClaims(plan.store.shard_dir, lease_seconds=lease_seconds) as claims:
+        with sized_array_pool(sizes.compression_workers, low_priority=HELPERS_PRIORITY == "low"), \
+                WorkClaims(plan.store.shard_dir, lease_seconds=lease_seconds) as claims:
             for work in claimed_passes(todo, claims, plan.store, plan.state, warn):
                 stored, failed = run_pipeline(work, embed=embed, store=plan.store, plan=plan, batch_size=batch_size,
                                               compression=compression, shard_size=shard_size,

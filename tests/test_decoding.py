@@ -167,9 +167,9 @@ def test_helpers_yield_the_cpu_on_every_device(tmp_path, make_images, monkeypatc
     monkeypatch.setattr(extraction, "choose_sizes", lambda *a, **k: chosen(*a, **{**k, "device": device}))
     original = pipeline.decoded_batches
     monkeypatch.setattr(pipeline, "decoded_batches", lambda *a, **k: seen.append(k["priority"]) or original(*a, **k))
-    configure = extraction.configure_array_pool
-    monkeypatch.setattr(extraction, "configure_array_pool",
-                        lambda workers, low_priority: pools.append(low_priority) or configure(workers, low_priority=low_priority))
+    sized = extraction.sized_array_pool
+    monkeypatch.setattr(extraction, "sized_array_pool",
+                        lambda workers, low_priority: pools.append(low_priority) or sized(workers, low_priority=low_priority))
     report = featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
                                  decoder="threads", compression="zstd")
     assert report.new == 6 and report.sizes["device"] == device and seen == ["low"] and pools == [True]
@@ -180,6 +180,37 @@ def _nice_of(pid: int, thread: int | None = None) -> int:
     stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[16])
 
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
+def test_after_an_extraction_the_array_pool_has_every_core_at_the_process_priority_again(tmp_path, make_images):
+    """An extraction sizes the array pool for its run (one thread at nice 10 when it compresses nothing); load's
+    casts, the audit's statistics and SIFT after it, in the same process, run on every core at normal priority."""
+    import threading
+
+    from featurebank import array_pool
+    from featurebank.sizing import usable_cores
+
+    make_images(tmp_path / "data", 1)
+    seen_in_run = []
+    original = array_pool._array_pool
+
+    def watched():
+        pool = original()
+        seen_in_run.append((pool._max_workers, array_pool._POOL_SETTINGS[1]))
+        return pool
+
+    array_pool._array_pool = watched  # sees the pool the run's zstd frames are compressed on
+    try:
+        featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
+                            decoder="threads", compression="zstd", decode_workers=1)
+    finally:
+        array_pool._array_pool = original
+    assert seen_in_run and all(low for _, low in seen_in_run)  # the run's helpers yielded the CPU
+    after = array_pool.map_in_order(lambda _: (threading.get_native_id(), array_pool._array_pool()._max_workers),
+                                    range(4))
+    assert {workers for _, workers in after} == {usable_cores()}
+    assert {_nice_of(os.getpid(), thread) for thread, _ in after} == {_nice_of(os.getpid(), threading.get_native_id())}
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
 @pytest.mark.parametrize("decoder", ["threads", "processes", "nvjpeg"])

@@ -38,11 +38,20 @@ def import_ray():
 
 
 def decode_rows(batch: dict, *, root: str, input_size: tuple[int, int]) -> dict:
-    """A Ray Data CPU task: relpaths → uint8 pixels; a file that fails keeps its row, with the reason in ``error``."""
-    from featurebank.decoding import decode_files
+    """A Ray Data CPU task: relpaths → uint8 pixels; a file that fails keeps its row, with the reason in ``error``.
+
+    The files are decoded at the helpers' priority, yielding the CPU to the backbone as locally, on a thread of
+    the task's own: Ray runs the job's later tasks, the user's too, on the worker's thread that runs this one,
+    and a process without privileges cannot raise a thread's priority back once it has lowered it.
+    """
     from featurebank.images import lower_thread_priority
 
-    lower_thread_priority()  # a decoding worker yields the CPU to the backbone, as locally
+    with ThreadPoolExecutor(1, thread_name_prefix="featurebank-decode", initializer=lower_thread_priority) as thread:
+        return thread.submit(_decoded_rows, batch, root, input_size).result()
+
+
+def _decoded_rows(batch: dict, root: str, input_size: tuple[int, int]) -> dict:
+    from featurebank.decoding import decode_files
 
     pixels = np.zeros((len(batch["relpath"]), *input_size, 3), np.uint8)
     errors = []

@@ -60,6 +60,31 @@ def ray_notices():
         logging.getLogger("ray.data").removeHandler(handler)
 
 
+def test_a_ray_decoding_task_yields_the_cpu_without_lowering_the_workers_thread(tmp_path, make_images, monkeypatch):
+    """decode_rows runs its files at nice 10 on a thread of its own: the Ray worker's thread, which runs the job's
+    later tasks, keeps its priority (a process without privileges could not raise it back)."""
+    import os
+    import threading
+
+    from featurebank import decoding
+    from featurebank.ray_engine import decode_rows
+
+    def nice_of_this_thread() -> int:
+        stat = open(f"/proc/self/task/{threading.get_native_id()}/stat").read()
+        return int(stat.rsplit(")", 1)[1].split()[16])
+
+    if not os.path.isfile("/proc/self/stat"):
+        pytest.skip("reads nice values from Linux's /proc")
+    make_images(tmp_path, 1)
+    decoded_at, original = [], decoding.decode_files
+    monkeypatch.setattr(decoding, "decode_files", lambda *a: decoded_at.append(nice_of_this_thread()) or original(*a))
+    before = nice_of_this_thread()
+    rows = decode_rows({"relpath": np.array(["glass/glass0.jpg", "metal/missing.jpg"], dtype=object)},
+                       root=str(tmp_path), input_size=(32, 24))
+    assert nice_of_this_thread() == before and decoded_at == [max(before, 10)]
+    assert rows["pixels"].shape == (2, 32, 24, 3) and rows["pixels"][0].any() and not rows["pixels"][1].any()
+    assert rows["error"][0] == "" and "No such file" in rows["error"][1]  # a failure keeps its row
+
 def test_ray_and_local_engines_give_the_same_cache(tmp_path, make_images, local_ray):
     data = messy_folder(tmp_path / "data", make_images)
     options = dict(weights="none", input_size=(64, 64), batch_size=4, shard_size=5)

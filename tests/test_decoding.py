@@ -183,21 +183,27 @@ def _nice_of(pid: int, thread: int | None = None) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
-def test_after_an_extraction_the_array_pool_has_every_core_at_the_process_priority_again(tmp_path, make_images):
-    """An extraction sizes the array pool for its run (one thread at nice 10 when it compresses nothing); load's
-    casts, the audit's statistics and SIFT after it, in the same process, run on every core at normal priority."""
+def test_after_an_extraction_the_array_pool_is_sized_as_before(tmp_path, make_images):
+    """An extraction sizes the array pool for its run (its compression threads at nice 10); load's casts, the audit's
+    statistics and SIFT after it, in the same process, run on the pool as it was before, at its own priority."""
     import threading
 
     from featurebank import array_pool
     from featurebank.sizing import usable_cores
 
+    def pool_threads() -> set:
+        """(threads of the pool, nice value) as its tasks see them."""
+        return set(array_pool.map_in_order(lambda _: (array_pool._array_pool()._max_workers,
+                                                      _nice_of(os.getpid(), threading.get_native_id())), range(8)))
+
     make_images(tmp_path / "data", 1)
-    seen_in_run = []
+    array_pool._resize((0, False))  # the default (every usable core), whatever earlier tests in this process left
+    before, seen_in_run = pool_threads(), []
     original = array_pool._array_pool
 
     def watched():
         pool = original()
-        seen_in_run.append((pool._max_workers, array_pool._POOL_SETTINGS[1]))
+        seen_in_run.append(array_pool._POOL_SETTINGS[1])
         return pool
 
     array_pool._array_pool = watched  # sees the pool the run's zstd frames are compressed on
@@ -206,11 +212,9 @@ def test_after_an_extraction_the_array_pool_has_every_core_at_the_process_priori
                             decoder="threads", compression="zstd", decode_workers=1)
     finally:
         array_pool._array_pool = original
-    assert seen_in_run and all(low for _, low in seen_in_run)  # the run's helpers yielded the CPU
-    after = array_pool.map_in_order(lambda _: (threading.get_native_id(), array_pool._array_pool()._max_workers),
-                                    range(4))
-    assert {workers for _, workers in after} == {usable_cores()}
-    assert {_nice_of(os.getpid(), thread) for thread, _ in after} == {_nice_of(os.getpid(), threading.get_native_id())}
+    assert seen_in_run and all(seen_in_run)  # the run's compression threads yielded the CPU
+    assert pool_threads() == before == {(usable_cores(), _nice_of(os.getpid(), threading.get_native_id()))}
+
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
 @pytest.mark.parametrize("decoder", ["threads", "processes", "nvjpeg"])

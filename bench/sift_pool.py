@@ -21,6 +21,7 @@ import numpy as np
 from common import TRASHNET, alternated_medians, machine, subset_folder
 
 from classifiers.svm import BagOfVisualWordsSVM, sift_descriptors
+from featurebank.backbones import input_size_from_text
 from featurebank.decoding import decoded_batches
 from featurebank.scan import scan_folder
 from featurebank.sizing import usable_cores
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    size = tuple(int(v) for v in args.image_size.split("x"))
+    size = input_size_from_text(args.image_size)
     paths = [s.path for s in scan_folder(subset_folder(args.data, args.limit)).samples]
     images = [np.array(image) for _, batch in decoded_batches(paths, lambda p: p, size, batch_size=32,
                                                               workers=usable_cores(), failures=[])

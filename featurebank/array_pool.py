@@ -108,7 +108,7 @@ def map_in_order(function, items) -> list:
 
 
 def _array_pool():
-    """The threads for array work that releases the GIL: zstd at extraction, casts at load."""
+    """The pool itself, made at its first task after each resize (every usable core at the default, (0, False))."""
     global _POOL, _POOL_SETTINGS
     if _POOL is None:
         from featurebank.sizing import usable_cores

@@ -32,6 +32,11 @@ def skip_unless_installed(distribution: str, reason: str = "") -> None:
         pytest.skip(reason or f"{distribution} is not installed")
 
 
+def nice_of(pid: int, thread: int | None = None) -> int:
+    """A process's (or one of its threads') nice value, as the kernel has it (field 19 of /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
 def class_image(label: int, index: int, size=(64, 48), seed: int = 0) -> Image.Image:
     """A photo-like image whose class shows in its colour and stripe direction, with per-image noise."""
     rng = np.random.default_rng([seed, label, index])

@@ -313,6 +313,7 @@ def test_sift_pool_bench_times_both_pools_and_finds_the_same_descriptors(tmp_pat
     assert figures["photos"] == 6 and figures["identical"] is True
     assert set(figures["seconds"]) == {"own-pool", "array-pool"} and all(v > 0 for v in figures["seconds"].values())
 
+
 def test_audit_bench_times_the_pixel_statistics_without_a_cache(tmp_path, make_images):
     written = make_images(tmp_path / "source", 3)
     broken = written[0].with_name("broken.jpg")  # a JPEG's start: the scan keeps it, decoding fails

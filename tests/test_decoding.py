@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FEATUREBANK
+from conftest import FEATUREBANK, nice_of
 
 import featurebank
 from featurebank import decoding, sizing
@@ -175,15 +175,8 @@ def test_helpers_yield_the_cpu_on_every_device(tmp_path, make_images, monkeypatc
     assert report.new == 6 and report.sizes["device"] == device and seen == ["low"] and pools == [True]
 
 
-def _nice_of(pid: int, thread: int | None = None) -> int:
-    """A process's (or one of its threads') nice value, as the kernel has it (field 19 of /proc/PID/stat)."""
-    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[16])
-
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
-def test_after_an_extraction_the_array_pool_is_sized_as_before(tmp_path, make_images):
+def test_after_an_extraction_the_array_pool_is_sized_as_before(tmp_path, make_images, monkeypatch):
     """An extraction sizes the array pool for its run (its compression threads at nice 10); load's casts, the audit's
     statistics and SIFT after it, in the same process, run on the pool as it was before, at its own priority."""
     import threading
@@ -194,7 +187,7 @@ def test_after_an_extraction_the_array_pool_is_sized_as_before(tmp_path, make_im
     def pool_threads() -> set:
         """(threads of the pool, nice value) as its tasks see them."""
         return set(array_pool.map_in_order(lambda _: (array_pool._array_pool()._max_workers,
-                                                      _nice_of(os.getpid(), threading.get_native_id())), range(8)))
+                                                      nice_of(os.getpid(), threading.get_native_id())), range(8)))
 
     make_images(tmp_path / "data", 1)
     array_pool._resize((0, False))  # the default (every usable core), whatever earlier tests in this process left
@@ -206,14 +199,11 @@ def test_after_an_extraction_the_array_pool_is_sized_as_before(tmp_path, make_im
         seen_in_run.append(array_pool._POOL_SETTINGS[1])
         return pool
 
-    array_pool._array_pool = watched  # sees the pool the run's zstd frames are compressed on
-    try:
-        featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
-                            decoder="threads", compression="zstd", decode_workers=1)
-    finally:
-        array_pool._array_pool = original
+    monkeypatch.setattr(array_pool, "_array_pool", watched)  # sees the pool the run's zstd frames are compressed on
+    featurebank.extract(tmp_path / "data", backbone="rgb-stats", cache=tmp_path / "cache", weights="none",
+                        decoder="threads", compression="zstd", decode_workers=1)
     assert seen_in_run and all(seen_in_run)  # the run's compression threads yielded the CPU
-    assert pool_threads() == before == {(usable_cores(), _nice_of(os.getpid(), threading.get_native_id()))}
+    assert pool_threads() == before == {(usable_cores(), nice_of(os.getpid(), threading.get_native_id()))}
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads nice values from Linux's /proc")
@@ -226,15 +216,15 @@ def test_low_priority_decoders_run_at_the_helpers_nice(tmp_path, make_images, mo
     from featurebank import decoding, gpu_decoding
     from featurebank.images import HELPER_NICE
 
-    if _nice_of(os.getpid()) >= HELPER_NICE:
-        pytest.skip(f"this process already runs at nice {_nice_of(os.getpid())}")
+    if nice_of(os.getpid()) >= HELPER_NICE:
+        pytest.skip(f"this process already runs at nice {nice_of(os.getpid())}")
     paths = sorted(make_images(tmp_path / "data", 4))
     seen: dict[int, int] = {}
 
     def noting(function):  # a helper thread notes its own nice (the caller's thread may decode files too)
         def noted(path, size):
             if threading.current_thread().name.startswith(("featurebank-decode", "featurebank-read")):
-                seen[threading.get_native_id()] = _nice_of(os.getpid(), threading.get_native_id())
+                seen[threading.get_native_id()] = nice_of(os.getpid(), threading.get_native_id())
             return function(path, size)
         return noted
 
@@ -250,12 +240,12 @@ def test_low_priority_decoders_run_at_the_helpers_nice(tmp_path, make_images, mo
     next(batches)
     deadline = time.monotonic() + 60
     while decoder == "processes":  # the pool's two processes, children of this one, each lowered as it starts
-        seen = {pid: _nice_of(pid) for pid in _decoding_processes()}
+        seen = {pid: nice_of(pid) for pid in _decoding_processes()}
         if (len(seen) == 2 and set(seen.values()) == {HELPER_NICE}) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     batches.close()
-    assert seen and set(seen.values()) == {HELPER_NICE} and _nice_of(os.getpid(), threading.get_native_id()) < HELPER_NICE
+    assert seen and set(seen.values()) == {HELPER_NICE} and nice_of(os.getpid(), threading.get_native_id()) < HELPER_NICE
 
 
 def _decoding_processes() -> list[int]:

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import FEATUREBANK
+from conftest import FEATUREBANK, nice_of
 
 import featurebank
 
@@ -67,11 +67,11 @@ def test_a_ray_decoding_task_yields_the_cpu_without_lowering_the_workers_thread(
     import threading
 
     from featurebank import decoding
+    from featurebank.images import HELPER_NICE
     from featurebank.ray_engine import decode_rows
 
     def nice_of_this_thread() -> int:
-        stat = open(f"/proc/self/task/{threading.get_native_id()}/stat").read()
-        return int(stat.rsplit(")", 1)[1].split()[16])
+        return nice_of(os.getpid(), threading.get_native_id())
 
     if not os.path.isfile("/proc/self/stat"):
         pytest.skip("reads nice values from Linux's /proc")
@@ -81,9 +81,10 @@ def test_a_ray_decoding_task_yields_the_cpu_without_lowering_the_workers_thread(
     before = nice_of_this_thread()
     rows = decode_rows({"relpath": np.array(["glass/glass0.jpg", "metal/missing.jpg"], dtype=object)},
                        root=str(tmp_path), input_size=(32, 24))
-    assert nice_of_this_thread() == before and decoded_at == [max(before, 10)]
+    assert nice_of_this_thread() == before and decoded_at == [max(before, HELPER_NICE)]
     assert rows["pixels"].shape == (2, 32, 24, 3) and rows["pixels"][0].any() and not rows["pixels"][1].any()
     assert rows["error"][0] == "" and "No such file" in rows["error"][1]  # a failure keeps its row
+
 
 def test_ray_and_local_engines_give_the_same_cache(tmp_path, make_images, local_ray):
     data = messy_folder(tmp_path / "data", make_images)
